@@ -80,9 +80,10 @@ def make_clips(folder, scenes=5, clips_per_scene=3, frames=8, novel=("scene_2", 
     return folder / "manifest.jsonl"
 
 
-def run(cmd, check=True):
+def run(cmd):
     print("$ " + " ".join(cmd), flush=True)
-    return subprocess.run([sys.executable, *cmd], cwd=HERE, check=check).returncode
+    if subprocess.run([sys.executable, *cmd], cwd=HERE).returncode != 0:
+        sys.exit(f"demo: step {cmd[0]} failed (see its message above)")
 
 
 def main():

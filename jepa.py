@@ -100,14 +100,13 @@ def _set_key(cfg, key, value):
     (cfg[section] if section else cfg)[name] = value
 
 
-def load_config(path=None, sets=(), **named):
-    """Resolved config dict: config.yaml defaults <- --config file <- named flags <- --set section.key=value.
-
-    Unknown keys and wrong types raise UserError listing the valid keys."""
+def load_config(path=None, sets=(), base=None, **named):
+    """Resolved config dict: config.yaml defaults <- `base` (a checkpoint's config) <- --config file <- named
+    flags <- --set section.key=value. Unknown keys and wrong types raise UserError listing the valid keys."""
     defaults = yaml.safe_load(CONFIG_PATH.read_text())
     flat_defaults = _flatten(defaults)
     cfg = json.loads(json.dumps(defaults))  # deep copy
-    layers = []
+    layers = [("checkpoint config", k, v) for k, v in _flatten(base or {}).items()]
     if path and Path(path).resolve() != CONFIG_PATH.resolve():
         p = Path(path)
         if not p.is_file():
@@ -186,13 +185,13 @@ def _clip_record(raw, line, base, where):
             "timestamps": raw.get("timestamps")}
 
 
-def read_manifest(path, root=None, tubelet_size=2):
-    """Read a JSONL manifest into clip dicts (frames resolved against `root` or the manifest's folder).
+def parse_manifest(path, root=None, tubelet_size=2):
+    """Read a JSONL manifest into (clip dicts, problems); frames resolve against `root` or the manifest's folder.
 
-    Raises UserError with one `file:line: problem` line per problem found in the whole file."""
+    Each problem is one `file:line: what` string; lines with problems are left out of the clips."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: manifest not found (pass MANIFEST=path/to/clips.jsonl)")
+        return [], [f"{path}: manifest not found (pass MANIFEST=path/to/clips.jsonl)"]
     base = Path(root) if root else path.resolve().parent
     records, problems, seen = [], [], {}
     for line, raw_bytes in enumerate(path.read_bytes().splitlines(), 1):
@@ -223,6 +222,12 @@ def read_manifest(path, root=None, tubelet_size=2):
         records.append(rec)
     if not records and not problems:
         problems.append(f"{path}: empty manifest (no clips)")
+    return records, problems
+
+
+def read_manifest(path, root=None, tubelet_size=2):
+    """parse_manifest, raising UserError with every problem (one line each) when there are any."""
+    records, problems = parse_manifest(path, root, tubelet_size)
     if problems:
         raise UserError("\n".join(problems))
     return records
@@ -413,6 +418,8 @@ def _hub_reachable(timeout=3.0):
 def load_encoder_parts(name):
     """(model, processor) of a V-JEPA 2 hub id or local snapshot folder, or a UserError saying what to do."""
     from transformers import AutoConfig, AutoModel, AutoVideoProcessor
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()  # our own progress bars are the ones that matter
     hint = ("download a snapshot on a connected machine (hf download facebook/vjepa2-vitl-fpc64-256 "
             "--local-dir DIR) and pass ENCODER=DIR (--encoder DIR)")
     is_dir = os.path.isdir(name)
@@ -732,6 +739,51 @@ def head_from_checkpoint(ckpt, device="cpu"):
     head = PredictorHead(ckpt["embed_dim"], m["predictor_hidden_dim"], m["predictor_dropout"])
     head.load_state_dict(ckpt["model_state"])
     return head.to(device).eval()
+
+
+SCORING_CHANGES = ("data.root", "data.num_workers", "model.encoder_name", "evaluation.")
+
+
+def load_for_scoring(args):
+    """(checkpoint, config, encoder, head, workers) for eval.py/infer.py: the training config with only
+    data.root, data.num_workers, model.encoder_name and evaluation.* overridable (masks must match training)."""
+    ckpt = load_checkpoint(args.checkpoint)
+    cfg = load_config(None, args.set, base=ckpt["config"], encoder=args.encoder, data_root=args.data_root)
+    old, new = _flatten(ckpt["config"]), _flatten(cfg)
+    changed = [k for k in new if new[k] != old.get(k) and not k.startswith(SCORING_CHANGES)]
+    if changed:
+        raise UserError(f"{', '.join(changed)} cannot differ from the training config of {args.checkpoint} "
+                        f"(masks and features must match training)")
+    device = resolve_device(args.device)
+    encoder = VJEPAEncoder(cfg["model"]["encoder_name"], device)
+    check_encoder_matches(ckpt, encoder, args.checkpoint)
+    workers = cfg["data"]["num_workers"]
+    workers = default_num_workers(device) if workers is None else workers
+    return ckpt, cfg, encoder, head_from_checkpoint(ckpt, device), workers
+
+
+def add_scoring_args(p, checkpoint_required=True):
+    """Flags shared by eval.py and infer.py."""
+    p.add_argument("--checkpoint", required=checkpoint_required, help="checkpoint from train.py (best.pt, last.pt, epoch_NNN.pt)")
+    p.add_argument("--manifest", required=True, help="JSONL manifest of clips to score")
+    p.add_argument("--output", required=True, help="where to write the results")
+    p.add_argument("--data-root", help="folder relative frame paths resolve against (default: the manifest's)")
+    p.add_argument("--encoder", help="V-JEPA 2 hub id or local snapshot (default: the one the head was trained on)")
+    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override evaluation.*, data.num_workers or data.root, repeatable")
+
+
+def check_output_writable(path):
+    """Fail before any encoding when the output folder cannot be written."""
+    folder = Path(path).resolve().parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"{path}: output folder {folder} is not writable ({e.strerror or e}); choose another --output")
 
 
 def check_encoder_matches(ckpt, encoder, ckpt_path):

@@ -1,0 +1,313 @@
+"""Make JSONL clip manifests from a nuScenes download or from folders of frames, and check a manifest.
+
+Usage:
+  python manifest.py nuscenes --dataroot /data/nuscenes --version v1.0-mini --cameras CAM_FRONT \
+      --frames 16 --stride 16 --source samples --output data/manifests/nuscenes_mini.jsonl
+  python manifest.py frames --frames-dir /data/drives --frames 16 --stride 16 --output data/manifests/drives.jsonl
+  python manifest.py check --manifest data/manifests/nuscenes_mini.jsonl [--data-root /data/nuscenes]
+  (make manifest NUSCENES=... | FRAMES_DIR=... ; make check MANIFEST=... [DATA_ROOT=...])
+
+nuscenes: reads VERSION/{scene,sample,sample_data,calibrated_sensor,sensor}.json directly (no nuscenes-devkit).
+  --source samples takes the key frames (2 Hz) of each scene's samples; --source sweeps takes every camera frame
+  (~12 Hz) along the sample_data prev/next chain. Clips are windows of --frames frames every --stride frames per
+  scene and camera (a partial tail is dropped). frame_paths are relative to the dataroot, as in sample_data, so
+  pass --data-root DATAROOT (DATA_ROOT=) to check/train/eval/infer unless the manifest is written into it.
+  Frames listed in the tables but missing on disk are counted and the clips that need them are left out.
+frames: one sub-folder per scene under --frames-dir, holding images directly or in per-camera sub-folders;
+  frames sort naturally (frame_2 before frame_10); frame_paths are relative to the manifest's own folder.
+Splits: --split for all clips; else the official split where vendored here (the v1.0-mini lists, and `test` for
+  v1.0-test); else a seeded 80/20 train/val split by scene. The official v1.0-trainval lists (850 scenes) are
+  not vendored: trainval scenes get the seeded split.
+check: prints a summary, `warning: file:line: what` and `error: file:line: what` lines; exit 1 on any error.
+"""
+import argparse
+import json
+import os
+import re
+import sys
+from collections import Counter
+from pathlib import Path
+
+from PIL import Image
+
+import jepa
+
+TABLES = ("scene", "sample", "sample_data", "calibrated_sensor", "sensor")
+MINI_SPLITS = {**dict.fromkeys(["scene-0103", "scene-0916"], "val"),
+               **dict.fromkeys(["scene-0061", "scene-0553", "scene-0655", "scene-0757", "scene-0796",
+                                "scene-1077", "scene-1094", "scene-1100"], "train")}
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+# ---- shared ----
+
+def natural_key(name):
+    """Sort key where digit runs compare as numbers (frame_2 before frame_10); the name itself breaks ties."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)], name
+
+
+def seeded_splits(scenes, seed):
+    """Scene -> train/val by jepa.assign_splits (80/20 with the same shuffle training uses). Each scene goes in as
+    a one-clip record whose clip_id is the scene, so the split stays by scene even with under 5 scenes."""
+    names = sorted(scenes)
+    return dict(zip(names, jepa.assign_splits([{"scene": s, "clip_id": s, "split": None} for s in names], seed)))
+
+
+def check_window(frames, stride):
+    """UserError unless a clip holds at least one tubelet and the stride moves forward."""
+    tubelet = jepa.load_config()["data"]["tubelet_size"]
+    if frames < tubelet:
+        raise jepa.UserError(f"--frames {frames}: a clip needs at least one tubelet ({tubelet} frames, "
+                             f"data.tubelet_size); use FRAMES=16")
+    if stride < 1:
+        raise jepa.UserError(f"--stride {stride}: must be >= 1 (STRIDE=FRAMES gives back-to-back clips)")
+
+
+def cut(sequences, frames, stride):
+    """(sequence, window of items) for every full window; prints a warning for each sequence that is too short."""
+    for seq in sequences:
+        if len(seq["items"]) < frames:
+            print(f"warning: {seq['label']}: {len(seq['items'])} frame(s), fewer than --frames {frames}; no clip",
+                  file=sys.stderr)
+        for start in range(0, len(seq["items"]) - frames + 1, stride):
+            yield seq, start, seq["items"][start:start + frames]
+
+
+def write_manifest(path, rows, splits_of):
+    """Write rows atomically, filling each row's split from splits_of(scene); print the one-line summary."""
+    if not rows:
+        raise jepa.UserError(f"{path}: no clips to write (see the warnings above); lower --frames or add data")
+    for row in rows:
+        row["split"] = splits_of(row["scene_id"])
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise jepa.UserError(f"cannot create {path.parent}: {e.strerror or e}; choose another OUT=")
+    jepa.atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+    splits = Counter(r["split"] for r in rows)
+    print(f"wrote {len(rows)} clips to {path}: {len({r['scene_id'] for r in rows})} scenes, "
+          f"{len({r['camera'] for r in rows})} cameras, " + ", ".join(f"{k} {v}" for k, v in sorted(splits.items())))
+
+
+def split_chooser(fixed, official, scenes, seed):
+    """scene -> split: --split when given, else the official split, else the seeded one."""
+    seeded = seeded_splits([s for s in scenes if s not in official], seed)
+    return lambda scene: fixed or official.get(scene) or seeded[scene]
+
+
+# ---- nuScenes ----
+
+def load_tables(dataroot, version):
+    """The five tables (lists of rows) of VERSION under the dataroot; UserError naming what is missing."""
+    root = Path(dataroot)
+    if not root.is_dir():
+        raise jepa.UserError(f"{root}: nuScenes dataroot not found (NUSCENES= the folder holding {version}/ "
+                             f"and samples/)")
+    folder = root / version
+    if not folder.is_dir():
+        found = ", ".join(sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.startswith("v1.0"))) or "none"
+        raise jepa.UserError(f"{folder}: version folder not found (VERSION={version}; found: {found})")
+    tables = {}
+    for name in TABLES:
+        path = folder / f"{name}.json"
+        if not path.is_file():
+            raise jepa.UserError(f"{path}: table missing; extract the {version} metadata archive into {root}")
+        try:
+            tables[name] = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
+            raise jepa.UserError(f"{path}: not a JSON table ({e}); re-extract the {version} metadata")
+    return tables
+
+
+def camera_channels(tables):
+    """calibrated_sensor_token -> camera channel: sample_data names only its calibrated sensor, whose
+    sensor_token leads to the sensor row holding the channel (CAM_FRONT, ...) and modality."""
+    cams = {s["token"]: s["channel"] for s in tables["sensor"] if s.get("modality") == "camera"}
+    return {c["token"]: cams[c["sensor_token"]] for c in tables["calibrated_sensor"] if c["sensor_token"] in cams}
+
+
+def pick_cameras(spec, available):
+    """--cameras: `all` (sorted) or a comma list, each a camera channel of this download."""
+    if spec.strip() == "all":
+        return sorted(available)
+    wanted = list(dict.fromkeys(c.strip() for c in spec.split(",") if c.strip()))
+    unknown = [c for c in wanted if c not in available] or ([] if wanted else ["(none given)"])
+    if unknown:
+        raise jepa.UserError(f"--cameras {spec}: unknown camera {', '.join(unknown)}; "
+                             f"valid: {', '.join(sorted(available))}, or all")
+    return wanted
+
+
+def follow(table, token, link, keep):
+    """Rows from `token` along `link` (next/prev) while keep(row); stops at a dangling token or a loop."""
+    seen = set()
+    while token and token in table and token not in seen and keep(table[token]):
+        seen.add(token)
+        yield table[token]
+        token = table[token][link]
+
+
+def nuscenes_sequences(tables, cameras, source):
+    """One sequence of sample_data rows per scene (by name) and camera, in time order."""
+    samples = {s["token"]: s for s in tables["sample"]}
+    data = {r["token"]: r for r in tables["sample_data"]}
+    channel = camera_channels(tables)
+    keyframe = {(r["sample_token"], channel[r["calibrated_sensor_token"]]): r for r in tables["sample_data"]
+                if r["is_key_frame"] and channel.get(r["calibrated_sensor_token"]) in cameras}
+    for scene in sorted(tables["scene"], key=lambda s: s["name"]):
+        in_scene = lambda row, tok=scene["token"]: samples.get(row["sample_token"], {}).get("scene_token") == tok
+        chain = [s["token"] for s in follow(samples, scene["first_sample_token"], "next", lambda s: True)]
+        for cam in cameras:
+            rows = [keyframe[s, cam] for s in chain if (s, cam) in keyframe]
+            if source == "sweeps" and rows:  # walk back from the first key frame, then forward to the end
+                rows = list(follow(data, rows[0]["prev"], "prev", in_scene))[::-1] + \
+                    list(follow(data, rows[0]["token"], "next", in_scene))
+                rows.sort(key=lambda r: r["timestamp"])  # the chain is already in time order; this only guards it
+            yield {"scene": scene["name"], "camera": cam, "label": f"{scene['name']} {cam}", "items": rows}
+
+
+def nuscenes_manifest(args):
+    check_window(args.frames, args.stride)
+    tables = load_tables(args.dataroot, args.version)
+    cameras = pick_cameras(args.cameras, set(camera_channels(tables).values()))
+    seqs = list(nuscenes_sequences(tables, cameras, args.source))
+    listed = {r["filename"] for seq in seqs for r in seq["items"]}
+    missing = {f for f in listed if not os.path.isfile(os.path.join(args.dataroot, f))}
+    rows, skipped = [], 0
+    for seq, _, window in cut(seqs, args.frames, args.stride):
+        if any(r["filename"] in missing for r in window):
+            skipped += 1  # a clip with a hole would shift every later tubelet in time: leave it out whole
+            continue
+        first, last = window[0]["timestamp"], window[-1]["timestamp"]
+        rows.append({"clip_id": f"{seq['scene']}__{seq['camera']}__{first}__{last}", "split": None,
+                     "scene_id": seq["scene"], "camera": seq["camera"],
+                     "frame_paths": [r["filename"] for r in window], "timestamps": [r["timestamp"] for r in window]})
+    if missing:
+        print(f"warning: {len(missing)} of {len(listed)} frame files listed for these cameras are missing under "
+              f"{args.dataroot} (partial download?), e.g. {min(missing)}; skipped {skipped} clip(s) that need them",
+              file=sys.stderr)
+    official = MINI_SPLITS if args.version == "v1.0-mini" else {}
+    if args.version == "v1.0-test":
+        official = {s["name"]: "test" for s in tables["scene"]}
+    write_manifest(args.output, rows, split_chooser(args.split, official, {r["scene_id"] for r in rows}, args.seed))
+    if Path(args.output).resolve().parent != Path(args.dataroot).resolve():
+        print(f"frame paths are relative to {args.dataroot}: pass DATA_ROOT={args.dataroot} "
+              f"(--data-root) to make check, train, eval and infer")
+
+
+# ---- folders of frames ----
+
+def images_in(folder):
+    """Image files directly in `folder`, naturally sorted; other files (and hidden ones) are ignored."""
+    return sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS
+                   and not p.name.startswith(".")), key=lambda p: natural_key(p.name))
+
+
+def folder_sequences(frames_dir):
+    """One sequence per scene folder (camera `unknown`: no camera is named) and per camera sub-folder in it."""
+    root = Path(frames_dir)
+    if not root.is_dir():
+        raise jepa.UserError(f"{root}: frames folder not found (FRAMES_DIR= a folder with one sub-folder per scene)")
+    subdirs = lambda p: sorted((d for d in p.iterdir() if d.is_dir() and not d.name.startswith(".")),
+                               key=lambda d: natural_key(d.name))
+    for scene in subdirs(root):
+        cams = subdirs(scene)
+        direct = images_in(scene)
+        if direct or not cams:  # a scene folder with neither images nor camera folders is reported as empty
+            yield {"scene": scene.name, "camera": "unknown", "label": str(scene), "items": direct}
+        for cam in cams:
+            yield {"scene": scene.name, "camera": cam.name, "label": str(cam), "items": images_in(cam)}
+
+
+def frames_manifest(args):
+    check_window(args.frames, args.stride)
+    seqs = list(folder_sequences(args.frames_dir))
+    out_dir = Path(args.output).resolve().parent
+    rows = []
+    for seq, start, window in cut(seqs, args.frames, args.stride):
+        # Paths relative to the manifest's folder, which jepa resolves against by default: no DATA_ROOT needed.
+        # No `timestamps`: file names carry no timing, and invented ones would pass for real microseconds.
+        rows.append({"clip_id": f"{seq['scene']}__{seq['camera']}__{start:06d}", "split": None,
+                     "scene_id": seq["scene"], "camera": seq["camera"],
+                     "frame_paths": [os.path.relpath(p.resolve(), out_dir).replace(os.sep, "/") for p in window]})
+    write_manifest(args.output, rows, split_chooser(args.split, {}, {r["scene_id"] for r in rows}, args.seed))
+
+
+# ---- check ----
+
+def image_size(path):
+    with Image.open(path) as im:
+        return f"{im.size[0]}x{im.size[1]}"
+
+
+def check_manifest(args):
+    """Summary on stdout, warnings on stderr; UserError (exit 1) with every error, in the messages train.py uses."""
+    if not args.manifest:
+        raise jepa.UserError("--manifest: pass MANIFEST=path/to/clips.jsonl")
+    tubelet = args.tubelet_size or jepa.load_config()["data"]["tubelet_size"]
+    records, errors = jepa.parse_manifest(args.manifest, args.data_root, tubelet)
+    warnings, status, sizes, owner = [], {}, Counter(), {}
+    for rec in records:
+        where = f"{args.manifest}:{rec['line']}"
+        for f in rec["frames"]:
+            if f not in status:  # overlapping clips share frames: decode each file once
+                status[f] = jepa.frame_problem(f, decode=True)
+                sizes[image_size(f) if status[f] is None else None] += 1
+            if status[f]:
+                errors.append(f"{where}: frame {f}: {status[f]}")
+        earlier = [owner[f] for f in rec["frames"] if owner.get(f, rec) is not rec]
+        if earlier:  # fine for overlapping windows (stride < frames), a mistake otherwise
+            warnings.append(f"{where}: {len(earlier)} frame(s) also in clip {earlier[0]['clip_id']!r} "
+                            f"(line {earlier[0]['line']})")
+        for f in rec["frames"]:
+            owner.setdefault(f, rec)
+    splits = Counter(r["split"] or "unset (drawn by seed at training)" for r in records)
+    cams = sorted({r["camera"] for r in records})
+    print(f"manifest: {args.manifest}\nclips: {len(records)} ({', '.join(f'{k} {v}' for k, v in sorted(splits.items()))})"
+          f"\nscenes: {len({r['scene'] for r in records})}\ncameras: {len(cams)} ({', '.join(cams)})"
+          f"\nframes: {sum(len(r['frames']) for r in records)} in clips, {len(status)} distinct files"
+          f"\nimage sizes: " + (", ".join(f"{s} ({n} files)" for s, n in sorted(sizes.items()) if s) or "none"))
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    if errors:
+        raise jepa.UserError("\n".join(errors + [f"{len(errors)} error(s), {len(warnings)} warning(s): "
+                                                 f"fix the errors before encoding"]), code=1)
+    print(f"OK: no errors, {len(warnings)} warning(s)")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, help="nuscenes, frames or check")
+
+    def window_flags(q):
+        q.add_argument("--frames", type=int, default=16, help="frames per clip (at least one tubelet)")
+        q.add_argument("--stride", type=int, default=16, help="frames between clip starts (= --frames: no overlap)")
+        q.add_argument("--split", choices=("train", "val", "test"), help="give every clip this split")
+        q.add_argument("--seed", type=int, default=0, help="seed of the 80/20 scene split outside official lists")
+        q.add_argument("--output", required=True, help="manifest to write (JSONL; folders are created)")
+
+    n = sub.add_parser("nuscenes", help="clips from a nuScenes download")
+    n.add_argument("--dataroot", required=True, help="nuScenes folder holding VERSION/, samples/ and sweeps/")
+    n.add_argument("--version", default="v1.0-mini", help="metadata folder: v1.0-mini, v1.0-trainval, v1.0-test")
+    n.add_argument("--cameras", default="CAM_FRONT", help="camera channels, comma separated, or all")
+    n.add_argument("--source", choices=("samples", "sweeps"), default="samples",
+                   help="samples: key frames (2 Hz); sweeps: every camera frame (~12 Hz)")
+    window_flags(n)
+    f = sub.add_parser("frames", help="clips from one folder of frames per scene")
+    f.add_argument("--frames-dir", required=True, help="folder of scene folders (optionally scene/camera/)")
+    window_flags(f)
+    c = sub.add_parser("check", help="validate a manifest and its frames before encoding")
+    c.add_argument("--manifest", required=True, help="JSONL manifest to check")
+    c.add_argument("--data-root", help="folder relative frame paths resolve against (default: the manifest's)")
+    c.add_argument("--tubelet-size", type=int, help="frames per tubelet (default: data.tubelet_size of config.yaml)")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    return {"nuscenes": nuscenes_manifest, "frames": frames_manifest, "check": check_manifest}[args.command](args)
+
+
+if __name__ == "__main__":
+    jepa.run_cli(main)

@@ -1,0 +1,42 @@
+"""Shared fixtures: a tiny random V-JEPA 2 saved with save_pretrained (loaded through the same from_pretrained
+path as the real model) and small synthetic manifests. No network, CPU only."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+REALDATA = ROOT.parent / "shared" / "realdata"
+
+import demo  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory):
+    """Folder holding a tiny V-JEPA 2 (64-d, 2 layers) and its video processor."""
+    return demo.make_tiny_encoder(tmp_path_factory.mktemp("tiny-vjepa2"))
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory):
+    """Synthetic clips: 5 scenes x 3 clips x 8 frames (4 tubelets each); returns the manifest path."""
+    return demo.make_clips(tmp_path_factory.mktemp("demo-data"))
+
+
+def run_script(script, *args, env=None, check=False):
+    """Run an entry script as a user would; returns the CompletedProcess (text output)."""
+    full_env = dict(os.environ, **(env or {}))
+    proc = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=ROOT, env=full_env,
+                          capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def write_jsonl(path, rows):
+    Path(path).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return Path(path)
