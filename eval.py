@@ -63,7 +63,7 @@ def main(argv=None):
     if labels is not None:
         result["ranking"] = {"trained": report.ranking_metrics(scores, labels, ev["k_values"]),
                              "masked_gap": report.ranking_metrics(gaps, labels, ev["k_values"]),
-                             "random": report.random_baseline(labels, ev["k_values"], len(scores))}
+                             "random": report.random_baseline(labels, ev["k_values"], scores)}
     jepa.atomic_write_text(args.output, json.dumps(result, indent=2) + "\n")
     print(f"cosine(pred, clean) {result['mean_cosine_similarity']:.4f} +- {result['std_cosine_similarity']:.4f}  "
           f"vs no-predictor cosine(masked, clean) {result['masked_cosine_similarity']:.4f}  "

@@ -88,6 +88,7 @@ def score(args):
     ev = cfg["evaluation"]
     meta = {"checkpoint": str(args.checkpoint), "encoder": cfg["model"]["encoder_name"],
             "manifest": str(args.manifest), "shard": args.shard, "aggregate": ev["aggregate"],
+            "tubelet_size": cfg["data"]["tubelet_size"],
             "checkpoint_sha256": hashlib.sha256(Path(args.checkpoint).read_bytes()).hexdigest(),
             "manifest_fingerprint": jepa.manifest_fingerprint(records), "encoder_fingerprint": encoder.fingerprint}
     lines = [] if args.overwrite else kept_lines(out, meta_path, meta, records)

@@ -344,10 +344,13 @@ class JEPADataset(torch.utils.data.Dataset):
     def __getitem__(self, i):
         rec = self.records[i]
         n = len(rec["frames"]) // self.tubelet
-        try:
-            frames = np.stack([load_frame(f, self.size) for f in rec["frames"][:n * self.tubelet]])
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-            return {"index": i, "error": f"cannot read a frame of clip {rec['clip_id']}: {e}"}
+        frames = []
+        for path in rec["frames"][:n * self.tubelet]:  # each frame decoded once, shared by its tubelet
+            try:
+                frames.append(load_frame(path, self.size))
+            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+                return {"index": i, "error": f"frame {path}: not readable ({e})"}
+        frames = np.stack(frames)
         clean, masked, frac = [], [], []
         for k in range(n):
             tub = frames[k * self.tubelet:(k + 1) * self.tubelet]
@@ -425,6 +428,8 @@ def load_encoder_parts(name):
     is_dir = os.path.isdir(name)
     if not is_dir and (name.startswith((".", "/", "~")) or name.count("/") != 1):
         raise UserError(f"encoder {name!r}: no such folder and not a hub id (org/name); {hint}")
+    if is_dir and not os.path.isfile(os.path.join(name, "config.json")):
+        raise UserError(f"encoder folder {name!r} has no config.json: not a Hugging Face model snapshot; {hint}")
     kwargs = {"trust_remote_code": False}
     if not is_dir:
         try:  # the hub cache first: works offline without waiting for the hub client's retries
@@ -437,7 +442,7 @@ def load_encoder_parts(name):
                             f"is unreachable; {hint}")
     try:
         return _load_checked(name, AutoConfig, AutoModel, AutoVideoProcessor, kwargs)
-    except OSError as e:
+    except (OSError, ValueError) as e:
         what = "folder" if is_dir else "hub id"
         raise UserError(f"encoder {what} {name!r} could not be loaded ({str(e).splitlines()[0]}); {hint}")
 

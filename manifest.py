@@ -168,6 +168,7 @@ def nuscenes_sequences(tables, cameras, source):
 
 
 def nuscenes_manifest(args):
+    """`nuscenes` command: tables -> clips of the chosen cameras and source -> --output."""
     check_window(args.frames, args.stride)
     tables = load_tables(args.dataroot, args.version)
     cameras = pick_cameras(args.cameras, set(camera_channels(tables).values()))
@@ -221,8 +222,12 @@ def folder_sequences(frames_dir):
 
 
 def frames_manifest(args):
+    """`frames` command: scene (and camera) folders -> clips -> --output."""
     check_window(args.frames, args.stride)
     seqs = list(folder_sequences(args.frames_dir))
+    if not seqs:  # often FRAMES_DIR pointing at one scene's images instead of at the folder of scenes
+        raise jepa.UserError(f"{args.frames_dir}: no scene sub-folders; expected FRAMES_DIR/SCENE/*.jpg "
+                             f"or FRAMES_DIR/SCENE/CAMERA/*.jpg")
     out_dir = Path(args.output).resolve().parent
     rows = []
     for seq, start, window in cut(seqs, args.frames, args.stride):
@@ -237,6 +242,7 @@ def frames_manifest(args):
 # ---- check ----
 
 def image_size(path):
+    """"WxH" from the image header."""
     with Image.open(path) as im:
         return f"{im.size[0]}x{im.size[1]}"
 
@@ -253,7 +259,8 @@ def check_manifest(args):
         for f in rec["frames"]:
             if f not in status:  # overlapping clips share frames: decode each file once
                 status[f] = jepa.frame_problem(f, decode=True)
-                sizes[image_size(f) if status[f] is None else None] += 1
+                if status[f] is None:
+                    sizes[image_size(f)] += 1
             if status[f]:
                 errors.append(f"{where}: frame {f}: {status[f]}")
         earlier = [owner[f] for f in rec["frames"] if owner.get(f, rec) is not rec]
@@ -262,12 +269,13 @@ def check_manifest(args):
                             f"(line {earlier[0]['line']})")
         for f in rec["frames"]:
             owner.setdefault(f, rec)
-    splits = Counter(r["split"] or "unset (drawn by seed at training)" for r in records)
-    cams = sorted({r["camera"] for r in records})
-    print(f"manifest: {args.manifest}\nclips: {len(records)} ({', '.join(f'{k} {v}' for k, v in sorted(splits.items()))})"
-          f"\nscenes: {len({r['scene'] for r in records})}\ncameras: {len(cams)} ({', '.join(cams)})"
+    splits = Counter(r["split"] or "no split (drawn at training)" for r in records)
+    cams = Counter(r["camera"] for r in records)
+    listing = lambda counts, unit="": ", ".join(f"{k} {v}{unit}" for k, v in sorted(counts.items())) or "none"
+    print(f"manifest: {args.manifest}\nclips: {len(records)} ({listing(splits)})"
+          f"\nscenes: {len({r['scene'] for r in records})}\ncameras: {len(cams)} ({listing(cams, ' clips')})"
           f"\nframes: {sum(len(r['frames']) for r in records)} in clips, {len(status)} distinct files"
-          f"\nimage sizes: " + (", ".join(f"{s} ({n} files)" for s, n in sorted(sizes.items()) if s) or "none"))
+          f"\nimage sizes: {listing(sizes, ' files')}")
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
     if errors:

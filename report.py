@@ -30,11 +30,12 @@ THUMB_QUALITY = 70
 # ---- reading inputs ----
 
 def read_jsonl(path, what, hint=""):
-    """[(where, object)] of a JSONL file, skipping blank lines; UserError listing every `file:line` problem."""
+    """[(where, object)] of a JSONL file of clips, skipping blank lines; UserError listing every `file:line`
+    problem (not UTF-8, not JSON, not an object with a string clip_id, a repeated clip_id)."""
     path = Path(path)
     if not path.is_file():
         raise jepa.UserError(f"{path}: {what} not found{hint}")
-    rows, problems = [], []
+    rows, problems, seen = [], [], {}
     for line, raw in enumerate(path.read_bytes().splitlines(), 1):
         where = f"{path}:{line}"
         try:
@@ -50,22 +51,16 @@ def read_jsonl(path, what, hint=""):
         if not isinstance(obj, dict) or not isinstance(obj.get("clip_id"), str):
             problems.append(f"{where}: expected a JSON object with a string clip_id")
             continue
+        if obj["clip_id"] in seen:
+            problems.append(f"{where}: duplicate clip_id {obj['clip_id']!r} (first on line {seen[obj['clip_id']]})")
+            continue
+        seen[obj["clip_id"]] = line
         rows.append((where, obj))
     if problems:
         raise jepa.UserError("\n".join(problems))
     if not rows:
         raise jepa.UserError(f"{path}: empty {what} (no clips)")
     return rows
-
-
-def _check_unique(rows):
-    seen, problems = {}, []
-    for where, obj in rows:
-        if obj["clip_id"] in seen:
-            problems.append(f"{where}: duplicate clip_id {obj['clip_id']!r} (first at {seen[obj['clip_id']]})")
-        seen.setdefault(obj["clip_id"], where)
-    if problems:
-        raise jepa.UserError("\n".join(problems))
 
 
 def _number(x):
@@ -75,12 +70,13 @@ def _number(x):
 def read_scores(path):
     """infer.py's scores JSONL -> list of clip dicts in file order. A NaN/inf score is kept as a failed clip."""
     rows = read_jsonl(path, "scores file", " (write one with infer.py --output)")
-    _check_unique(rows)
     clips = []
     for where, obj in rows:
         score, tubs = obj.get("score"), obj.get("tubelet_scores", [])
-        if (score is not None and not _number(score)) or not isinstance(tubs, list) or not all(map(_number, tubs)):
-            raise jepa.UserError(f"{where}: score must be a number or null and tubelet_scores a list of numbers")
+        if (score is not None and not _number(score)) or not isinstance(tubs, list) or not all(map(_number, tubs)) \
+                or not isinstance(obj.get("first_frame") or "", str):
+            raise jepa.UserError(f"{where}: score must be a number or null, tubelet_scores a list of numbers "
+                                 f"and first_frame a path")
         clip = {"scene": "unknown", "camera": "unknown", "first_frame": None, **obj, "tubelet_scores": tubs}
         if score is not None and not math.isfinite(score):
             clip.update(score=None, error=obj.get("error") or f"score is {score}")
@@ -105,7 +101,6 @@ def read_meta(scores_path):
 def read_labels(path):
     """Labels JSONL {"clip_id", "binary_label": 0 | 1 | null} -> {clip_id: 0 | 1 | None}; None = unlabelled."""
     rows = read_jsonl(path, "labels file", " (pass LABELS=path/to/labels.jsonl)")
-    _check_unique(rows)
     problems = [f"{where}: binary_label must be 0, 1 or null, got {obj.get('binary_label', 'nothing')!r}"
                 for where, obj in rows
                 if "binary_label" not in obj or isinstance(obj["binary_label"], bool)  # JSON true would pass as 1
@@ -255,31 +250,31 @@ def svg_bars(values, vmax, width=200, height=50):
             f't{len(values) - 1}</text></svg>')
 
 
-def svg_histogram(scores, cutoff, top, bins=30, width=760, height=150):
-    """Score histogram with the top-K cut-off (the K-th highest score) marked when K leaves clips out."""
+def svg_histogram(scores, top, cut=None, bins=30, width=760, height=140):
+    """Score histogram; `cut` = (K-th, K+1-th highest score) marks the top-K cut-off halfway between them."""
     lo, hi = min(scores), max(scores)
     span = (hi - lo) or 1.0
     counts = [0] * bins
     for s in scores:
         counts[min(int((s - lo) / span * bins), bins - 1)] += 1
-    bw, cmax = width / bins, max(counts)
-    x = lambda s: 40 + (s - lo) / span * width  # noqa: E731  score -> pixel
-    parts = [f'<rect x="{40 + i * bw + 0.5:.1f}" y="{10 + height - c / cmax * height:.1f}" width="{bw - 1:.1f}" '
+    bw, cmax, left, base = width / bins, max(counts), 40, 22 + height  # 22 px on top for the cut-off label
+    parts = [f'<rect x="{left + i * bw + 0.5:.1f}" y="{base - c / cmax * height:.1f}" width="{bw - 1:.1f}" '
              f'height="{c / cmax * height:.1f}" class="b"><title>{c} clip(s)</title></rect>'
              for i, c in enumerate(counts) if c]
-    parts += [f'<line x1="40" x2="{40 + width}" y1="{10 + height}" y2="{10 + height}" class="ax"/>',
-              f'<text x="40" y="{height + 26}">{lo:.4f}</text>',
-              f'<text x="{40 + width}" y="{height + 26}" text-anchor="end">{hi:.4f}</text>',
-              f'<text x="{40 + width / 2}" y="{height + 26}" text-anchor="middle">novelty score</text>',
-              f'<text x="34" y="18" text-anchor="end">{cmax}</text><text x="34" y="32" text-anchor="end">clips'
-              f'</text>']
-    if cutoff is not None:
-        left = x(cutoff) > 40 + width / 2  # put the label on the side of the line that has room
-        parts.append(f'<line x1="{x(cutoff):.1f}" x2="{x(cutoff):.1f}" y1="4" y2="{10 + height}" class="cut"/>'
-                     f'<text x="{x(cutoff) + (-4 if left else 4):.1f}" y="14" text-anchor="{"end" if left else "start"}"'
-                     f' class="cut">top {top} (score &#8805; {cutoff:.4f})</text>')
-    return f'<svg width="{width + 50}" height="{height + 32}" role="img" aria-label="score histogram">' \
-           f'{"".join(parts)}</svg>'
+    parts += [f'<line x1="{left}" x2="{left + width}" y1="{base}" y2="{base}" class="ax"/>',
+              f'<text x="{left}" y="{base + 16}">{lo:.4f}</text>',
+              f'<text x="{left + width}" y="{base + 16}" text-anchor="end">{hi:.4f}</text>',
+              f'<text x="{left + width / 2}" y="{base + 16}" text-anchor="middle">novelty score</text>',
+              f'<text x="{left - 6}" y="{base - height + 8}" text-anchor="end">{cmax}</text>',
+              f'<text x="{left - 6}" y="{base - height + 22}" text-anchor="end">clips</text>']
+    if cut:
+        at = left + (sum(cut) / 2 - lo) / span * width
+        east = at < left + width / 2  # the label goes on the side of the line that has room
+        parts.append(f'<line x1="{at:.1f}" x2="{at:.1f}" y1="4" y2="{base}" class="cut"/>'
+                     f'<text x="{at + (4 if east else -4):.1f}" y="14" text-anchor="{"start" if east else "end"}" '
+                     f'class="cut">top {top}: score &#8805; {cut[0]:.4f}</text>')
+    return (f'<svg width="{left + width + 10}" height="{base + 22}" role="img" aria-label="score histogram">'
+            f'{"".join(parts)}</svg>')
 
 
 def clip_frames(clip, manifest_frames):
@@ -296,8 +291,8 @@ def clip_rows(clips, ranks, manifest_frames, args, tubelet_size, vmax):
         strip = (frame_strip(frames, c["tubelet_scores"], args.thumbs, tubelet_size)
                  if frames else '<div class="ph">no frame path</div>')
         rows.append(f'<tr><td class="r">{ranks[c["clip_id"]]}</td><td class="r">{c["score"]:.4f}</td>'
-                    f'<td><b>{esc(c["clip_id"])}</b><br>{esc(c["scene"])} &middot; {esc(c["camera"])}<br>'
-                    f'{folder}</td><td class="strip">{strip}</td>'
+                    f'<td class="id"><b>{esc(c["clip_id"]).replace("__", "__<wbr>")}</b><br>'  # wbr: wrap at __
+                    f'{esc(c["scene"])} &middot; {esc(c["camera"])}<br>{folder}</td><td class="strip">{strip}</td>'
                     f'<td>{svg_bars(c["tubelet_scores"], vmax)}</td></tr>')
     head = "<tr><th>rank</th><th>score</th><th>clip</th><th>frames</th><th>novelty per tubelet</th></tr>"
     return f'<table class="clips">{head}{"".join(rows)}</table>'
@@ -333,7 +328,7 @@ text-align:left}th{background:#f4f4f4}.r{text-align:right;font-variant-numeric:t
 figure.t{display:inline-block;margin:0 3px;text-align:center}figure.t img,.ph{width:96px;height:54px;
 object-fit:cover;display:block;border:2px solid transparent}figure.peak img{border-color:#e8590c}
 .ph{background:#ccc;color:#666;font-size:11px;line-height:54px;text-align:center}
-figcaption{font-size:11px;color:#666}td b{word-break:break-all}svg text{font-size:11px;fill:#555}
+figcaption{font-size:11px;color:#666}td.id{min-width:200px;overflow-wrap:anywhere}svg text{font-size:11px;fill:#555}
 rect.b{fill:#4c6ef5}rect.pk{fill:#e8590c}.ax{stroke:#999}line.cut{stroke:#e8590c;stroke-dasharray:4 3}
 text.cut{fill:#e8590c}a{color:#1c5fd4}"""
 
@@ -343,20 +338,20 @@ def build_html(clips, args, meta, manifest_frames):
     scored = [c for c in clips if c["score"] is not None]
     failed = [c for c in clips if c["score"] is None]
     order = sorted(scored, key=lambda c: (-c["score"], c["clip_id"]))  # same order as rank_order
-    tubelet_size = meta.get("tubelet_size")
+    tubelet_size = meta.get("tubelet_size") if isinstance(meta.get("tubelet_size"), int) else None  # else estimated
     ranks = {c["clip_id"]: i for i, c in enumerate(order, 1)}
     top = order[:args.top]
     bottom = order[max(len(order) - args.bottom, len(top)):][::-1]  # lowest first, never repeating the top
     shown = [v for c in top + bottom for v in c["tubelet_scores"]]
     vmax = max(shown, default=0)
-    cutoff = top[-1]["score"] if len(order) > args.top else None
+    cut = (top[-1]["score"], order[args.top]["score"]) if len(order) > args.top else None
     header = [("scores", args.scores), ("checkpoint", meta.get("checkpoint", "unknown")),
               ("encoder", meta.get("encoder", "unknown")),
               ("manifest", meta.get("manifest") or args.manifest or "unknown"),
               ("clips", f"{len(scored)} scored, {len(failed)} failed"),
               ("date", datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"))]
     meta_rows = "".join(f"<tr><td><b>{k}</b></td><td>{esc(v)}</td></tr>" for k, v in header)
-    hist = svg_histogram([c["score"] for c in scored], cutoff, args.top) if scored else "<p>no scored clips</p>"
+    hist = svg_histogram([c["score"] for c in scored], args.top, cut) if scored else "<p>no scored clips</p>"
     rest = (clip_rows(bottom, ranks, manifest_frames, args, tubelet_size, vmax) if bottom
             else '<p class="muted">every scored clip is already in the top section</p>')
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>jepa-clips novelty report</title>'
@@ -392,7 +387,10 @@ def main():
     # tubelet_size=1: a clip too short to score is already a failed row; it must not stop the report
     records = jepa.read_manifest(args.manifest, args.data_root, 1) if args.manifest else []
     text = build_html(clips, args, meta, {r["clip_id"]: r["frames"] for r in records})
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise jepa.UserError(f"cannot create the folder of {args.output}: {e.strerror or e}")
     jepa.atomic_write_text(args.output, text)
     print(f"wrote {args.output} ({len(text.encode()) / 1e6:.1f} MB)")
 

@@ -127,11 +127,11 @@ def main(argv=None):
                              f"are split=test, which is never trained on); use a manifest with train/val clips "
                              f"or without a split field")
     jepa.check_frames(train_recs + val_recs, args.manifest)
+    encoder = jepa.VJEPAEncoder(cfg["model"]["encoder_name"], device)  # before the run folder: bad input leaves none
     run_dir.mkdir(parents=True, exist_ok=True)
     for tmp in run_dir.glob(".*.tmp*"):  # leftovers of a killed write; the real files are intact
         tmp.unlink()
     jepa.atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
-    encoder = jepa.VJEPAEncoder(cfg["model"]["encoder_name"], device)
     d, enc_recs = cfg["data"], train_recs + val_recs
     fingerprint = json.dumps([encoder.fingerprint, jepa.manifest_fingerprint(enc_recs), d["image_size"],
                               d["patch_size"], d["tubelet_size"], d["mask_ratio"], cfg["seed"]])
