@@ -81,9 +81,9 @@ def kept_lines(out, meta_path, meta, records):
 def score(args):
     out, meta_path = Path(args.output), Path(args.output + ".meta.json")
     jepa.check_output_writable(out)
+    shard = parse_shard(args.shard) if args.shard else (0, 1)
     ckpt, cfg, encoder, head, workers = jepa.load_for_scoring(args)
     records = jepa.read_manifest(args.manifest, cfg["data"]["root"], cfg["data"]["tubelet_size"])
-    shard = parse_shard(args.shard) if args.shard else (0, 1)
     records = records[shard[0]::shard[1]]
     ev = cfg["evaluation"]
     meta = {"checkpoint": str(args.checkpoint), "encoder": cfg["model"]["encoder_name"],

@@ -193,6 +193,7 @@ def main(argv=None):
             jepa.save_checkpoint(run_dir / f"epoch_{epoch:03d}.pt", **save)
         jepa.save_checkpoint(last, **save)  # last: the resume point is only ever a complete epoch
         jepa.kill_point("epoch_end", epoch)
+    jepa.atomic_write_text(run_dir / "timing.json", json.dumps({"encode_s": encode_s, "total_s": time.time() - t0}))
     print(f"done: best {'val' if val_set['clean'].numel() else 'train'} loss {best:.6f}; checkpoints in {run_dir} "
           f"(best.pt, last.pt); total {time.time() - t0:.1f}s, encoding {encode_s:.1f}s", flush=True)
 

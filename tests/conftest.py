@@ -40,3 +40,25 @@ def run_script(script, *args, env=None, check=False):
 def write_jsonl(path, rows):
     Path(path).write_text("".join(json.dumps(r) + "\n" for r in rows))
     return Path(path)
+
+
+CHUNK = ["--set", "training.encode_chunk_clips=4", "--set", "training.checkpoint_every=2"]
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory, tiny_encoder, demo_data):
+    """An uninterrupted 4-epoch run on the demo data (small feature chunks) to compare other runs against."""
+    import train
+    run_dir = tmp_path_factory.mktemp("ref")
+    train.main(["--manifest", str(demo_data), "--encoder", str(tiny_encoder), "--run-dir", str(run_dir),
+                "--epochs", "4", *CHUNK])
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def scored(tmp_path_factory, reference, tiny_encoder, demo_data):
+    """scores.jsonl of an uninterrupted infer.py run with the reference run's best.pt."""
+    out = tmp_path_factory.mktemp("scored") / "scores.jsonl"
+    run_script("infer.py", "--checkpoint", reference / "best.pt", "--manifest", demo_data, "--encoder",
+               tiny_encoder, "--output", out, check=True)
+    return out

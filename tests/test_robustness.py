@@ -14,7 +14,7 @@ import jepa
 import train
 from conftest import ROOT, run_script, write_jsonl
 
-CHUNK = ["--set", "training.encode_chunk_clips=4", "--set", "training.checkpoint_every=2"]
+from conftest import CHUNK
 
 
 def weights(path):
@@ -23,15 +23,6 @@ def weights(path):
 
 def metrics(run_dir):
     return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory, tiny_encoder, demo_data):
-    """An uninterrupted 4-epoch run to compare every killed-and-resumed run against."""
-    run_dir = tmp_path_factory.mktemp("ref")
-    train.main(["--manifest", str(demo_data), "--encoder", str(tiny_encoder), "--run-dir", str(run_dir),
-                "--epochs", "4", *CHUNK])
-    return run_dir
 
 
 @pytest.mark.parametrize("kill_at", ["encode_chunk:1", "epoch_end:2", "atomic_write:epoch_002.pt"])
@@ -86,14 +77,6 @@ def test_train_epoch_raises_on_nonfinite_loss():
 
 
 # ---- scoring survives kills ----
-
-@pytest.fixture(scope="module")
-def scored(tmp_path_factory, reference, tiny_encoder, demo_data):
-    out = tmp_path_factory.mktemp("scored") / "scores.jsonl"
-    run_script("infer.py", "--checkpoint", reference / "best.pt", "--manifest", demo_data, "--encoder",
-               tiny_encoder, "--output", out, check=True)
-    return out
-
 
 @pytest.mark.parametrize("kill_line", [1, 9])
 def test_infer_killed_then_rerun_is_byte_identical(tmp_path, reference, tiny_encoder, demo_data, scored, kill_line):

@@ -1,0 +1,221 @@
+"""Throughput and memory benchmark: prints ratios measured in one run and writes BENCHMARKS.md.
+
+Usage:
+  python bench.py [--quick] [--device auto|cpu|cuda] [--json bench.json] [--markdown BENCHMARKS.md]
+  make bench [BENCH_ARGS=--quick]
+
+Measures (same batch size throughout): gemm (fp32 GFLOP/s of a large matmul, the practical ceiling), encoder
+(get_vision_features of a ViT-L-sized V-JEPA 2 with random weights on ready tensors), pipeline (infer.py's real
+path on generated 1600x900 JPEGs), naive (the research notebook's one-tubelet-at-a-time loop), train (train.py
+wall time vs its encoding stage), memory (peak RSS scoring 10,000 vs 100 clips, tiny encoder) and decode (loader
+frames/s). Ratios, not absolute times, are what to compare: this machine is noisy.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+import demo
+import infer
+import jepa
+import train
+
+HERE = Path(__file__).resolve().parent
+
+
+def vit_l_flops(config, videos):
+    """Forward FLOPs of the V-JEPA 2 encoder: patch embedding + L x (QKV/proj/MLP matmuls + attention)."""
+    n = (config.crop_size // config.patch_size) ** 2 * (2 // config.tubelet_size)
+    d, layers = config.hidden_size, config.num_hidden_layers
+    per_video = 2 * n * d * 3 * config.tubelet_size * config.patch_size ** 2 + layers * (
+        2 * n * d * d * (4 + 2 * config.mlp_ratio) + 4 * n * n * d)
+    return per_video * videos
+
+
+def bench_gemm(size, device):
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    a @ b
+    reps, t0 = 0, time.perf_counter()
+    while reps < 3 or time.perf_counter() - t0 < 3:
+        a @ b
+        reps += 1
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return 2 * size ** 3 * reps / (time.perf_counter() - t0) / 1e9
+
+
+def bench_encoder(encoder, batch, reps):
+    """Tubelets/s (each tubelet = a clean + a masked video, as the pipeline encodes them) and GFLOP/s."""
+    crop = encoder.model.config.crop_size
+    pix = torch.randn(2 * batch, 2, 3, crop, crop)
+    encoder(pix)  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        encoder(pix)
+    secs = time.perf_counter() - t0
+    return batch * reps / secs, vit_l_flops(encoder.model.config, 2 * batch * reps) / secs / 1e9
+
+
+def make_manifest(folder, clips, frames, size=(1600, 900), distinct=None):
+    """Clips of `frames` JPEG frames; `distinct` caps how many different files exist (reused across clips)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    n_files = min(distinct or clips * frames, clips * frames)
+    for i in range(n_files):
+        path = folder / f"f{i:05d}.jpg"
+        if not path.exists():
+            demo.road_frame(i, 1.5, 10, size=size).save(path, quality=90)
+    rows = [{"clip_id": f"c{c:05d}", "scene_id": f"s{c % 7}", "camera": "CAM_FRONT",
+             "frame_paths": [f"f{(c * frames + f) % n_files:05d}.jpg" for f in range(frames)]} for c in range(clips)]
+    manifest = folder / f"manifest_{clips}x{frames}.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return manifest
+
+
+def head_checkpoint(path, encoder, cfg):
+    head = jepa.PredictorHead(encoder.embed_dim, cfg["model"]["predictor_hidden_dim"])
+    jepa.save_checkpoint(path, head, None, 0, cfg, None, encoder_name=encoder.name,
+                         encoder_fingerprint=encoder.fingerprint, embed_dim=encoder.embed_dim)
+    return path
+
+
+def bench_naive(encoder, head, manifest, cfg, limit):
+    """The research notebook's loop: one tubelet at a time, processor per tubelet, no batching or workers."""
+    d = cfg["data"]
+    masker = jepa.MaskTubelet(d["mask_ratio"], d["patch_size"], cfg["seed"])
+    done, t0 = 0, time.perf_counter()
+    for rec in jepa.read_manifest(manifest):
+        for k in range(len(rec["frames"]) // 2):
+            tub = np.stack([jepa.load_frame(f, d["image_size"]) for f in rec["frames"][2 * k:2 * k + 2]])
+            masked, mask = masker(tub, rec["clip_id"], k)
+            clean_emb = encoder(encoder.process(torch.from_numpy(tub).permute(0, 3, 1, 2)[None]))
+            masked_emb = encoder(encoder.process(torch.from_numpy(masked).permute(0, 3, 1, 2)[None]))
+            jepa.tubelet_cosines(head, clean_emb, masked_emb, torch.tensor([mask.mean()], dtype=torch.float32))
+            done += 1
+            if done == limit:
+                return done / (time.perf_counter() - t0)
+    return done / (time.perf_counter() - t0)
+
+
+def peak_rss_mb(args):
+    """Peak RSS (MB) of an infer.py subprocess: the memory test runs each size in a fresh process."""
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the forking parent (which holds a ViT-L here)
+    code = ("import re, sys, infer; infer.main(sys.argv[1:]); "
+            "print(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))")
+    out = subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=HERE, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-2000:])
+    return int(out.stdout.split()[-1]) / 1024
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="reduced sizes: under two minutes on 2 CPU cores")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument("--json", help="also write the figures and ratios to this JSON file")
+    p.add_argument("--markdown", default=None, help="Markdown report (default BENCHMARKS.md; none with --quick)")
+    args = p.parse_args()
+    device = jepa.resolve_device(args.device)
+    q = args.quick
+    batch = 2 if q else 8  # tubelets per encoder call everywhere (evaluation.batch_size)
+    clips, frames = (1, 4) if q else (6, 16)
+    res = {"device": str(device), "batch_tubelets": batch, "quick": q, "cpus": os.cpu_count(),
+           "torch_threads": torch.get_num_threads(), "date": datetime.date.today().isoformat(),
+           "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "torch": torch.__version__}
+    work = Path(tempfile.mkdtemp(prefix="jepa-bench-"))
+    print(f"working in {work}", flush=True)
+    res["gemm_gflops"] = bench_gemm(2048 if q else 4096, device)
+    print(f"gemm {res['gemm_gflops']:.0f} GFLOP/s", flush=True)
+
+    from transformers import VJEPA2Config, VJEPA2Model, VJEPA2VideoProcessor
+    vit_dir = work / "vit-l-random"
+    VJEPA2Model(VJEPA2Config()).save_pretrained(vit_dir)  # the default config = ViT-L, real FLOPs, random weights
+    VJEPA2VideoProcessor().save_pretrained(vit_dir)
+    encoder = jepa.VJEPAEncoder(str(vit_dir), device)
+    res["encoder_tubelets_s"], res["encoder_gflops"] = bench_encoder(encoder, batch, 1 if q else 3)
+    print(f"encoder {res['encoder_tubelets_s']:.3f} tubelets/s, {res['encoder_gflops']:.0f} GFLOP/s", flush=True)
+
+    manifest = make_manifest(work / "frames", clips, frames)
+    cfg = jepa.load_config(None, [f"evaluation.batch_size={batch}", f"training.encode_batch_size={batch}"],
+                           encoder=str(vit_dir))
+    ckpt = head_checkpoint(work / "head.pt", encoder, cfg)
+    t0 = time.perf_counter()
+    infer.main(["--checkpoint", str(ckpt), "--manifest", str(manifest), "--output", str(work / "scores.jsonl"),
+                "--device", args.device])
+    res["pipeline_tubelets_s"] = clips * (frames // 2) / (time.perf_counter() - t0)
+    print(f"pipeline {res['pipeline_tubelets_s']:.3f} tubelets/s", flush=True)
+    res["naive_tubelets_s"] = bench_naive(encoder, jepa.head_from_checkpoint(jepa.load_checkpoint(ckpt), device),
+                                          manifest, cfg, 2 if q else 8)
+    print(f"naive {res['naive_tubelets_s']:.3f} tubelets/s", flush=True)
+
+    loader = jepa.make_loader(jepa.JEPADataset(jepa.read_manifest(manifest), cfg, encoder.processor),
+                              jepa.default_num_workers(device))
+    t0 = time.perf_counter()
+    n_frames = sum(len(item["mask_frac"]) * 2 for item in loader)
+    res["decode_frames_s"] = n_frames / (time.perf_counter() - t0)
+    print(f"decode {res['decode_frames_s']:.1f} frames/s ({jepa.default_num_workers(device)} workers)", flush=True)
+    del encoder
+
+    run_dir = work / "train-run"
+    t0 = time.perf_counter()
+    train.main(["--manifest", str(manifest), "--encoder", str(vit_dir), "--run-dir", str(run_dir), "--epochs", "30",
+                "--device", args.device, "--set", f"training.encode_batch_size={batch}"])
+    res["train_total_s"] = time.perf_counter() - t0
+    res["train_encoding_s"] = json.loads((run_dir / "timing.json").read_text())["encode_s"]
+    print(f"train {res['train_total_s']:.1f}s total, {res['train_encoding_s']:.1f}s encoding", flush=True)
+
+    tiny = demo.make_tiny_encoder(work / "tiny")
+    tiny_enc = jepa.VJEPAEncoder(str(tiny))
+    tiny_ckpt = head_checkpoint(work / "tiny-head.pt", tiny_enc, jepa.load_config(None, encoder=str(tiny)))
+    big_n = 1000 if q else 10000
+    for n in (100, big_n):
+        m = make_manifest(work / "mem", n, 2, size=(320, 180), distinct=64)
+        res[f"memory_{n}_mb"] = peak_rss_mb(["--checkpoint", tiny_ckpt, "--manifest", m, "--device", "cpu",
+                                             "--output", work / f"mem-{n}.jsonl"])
+        print(f"memory {n} clips: peak RSS {res[f'memory_{n}_mb']:.0f} MB", flush=True)
+
+    res["encoder_over_gemm"] = res["encoder_gflops"] / res["gemm_gflops"]
+    res["pipeline_over_encoder"] = res["pipeline_tubelets_s"] / res["encoder_tubelets_s"]
+    res["pipeline_over_naive"] = res["pipeline_tubelets_s"] / res["naive_tubelets_s"]
+    res["train_total_over_encoding"] = res["train_total_s"] / res["train_encoding_s"]
+    res["memory_10k_over_100"] = res[f"memory_{big_n}_mb"] / res["memory_100_mb"]
+    table = report_table(res, big_n)
+    print("\n" + table)
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+    md = args.markdown or (None if q else "BENCHMARKS.md")
+    if md:
+        Path(md).write_text(f"# Benchmarks\n\n`python bench.py{' --quick' if q else ''}` on {res['date']}, "
+                            f"{res['machine']}, {res['cpus']} CPUs, {res['torch_threads']} torch threads, device "
+                            f"{res['device']}, torch {res['torch']}, batch {batch} tubelets.\n\n```\n{table}\n```\n")
+        print(f"wrote {md}")
+
+
+def report_table(r, big_n):
+    rows = [("gemm", f"{r['gemm_gflops']:.0f} GFLOP/s", "", ""),
+            ("encoder", f"{r['encoder_tubelets_s']:.3f} tubelets/s, {r['encoder_gflops']:.0f} GFLOP/s",
+             f"encoder/gemm {r['encoder_over_gemm']:.2f}", ">= 0.65"),
+            ("pipeline", f"{r['pipeline_tubelets_s']:.3f} tubelets/s", f"pipeline/encoder {r['pipeline_over_encoder']:.2f}",
+             ">= 0.90"),
+            ("naive", f"{r['naive_tubelets_s']:.3f} tubelets/s", f"pipeline/naive {r['pipeline_over_naive']:.2f}", ">= 1.0"),
+            ("train", f"{r['train_total_s']:.1f}s total, {r['train_encoding_s']:.1f}s encoding",
+             f"total/encoding {r['train_total_over_encoding']:.2f}", "<= 1.15"),
+            ("memory", f"{r['memory_100_mb']:.0f} MB (100 clips), {r[f'memory_{big_n}_mb']:.0f} MB ({big_n} clips)",
+             f"{big_n}/100 {r['memory_10k_over_100']:.2f}", "<= 1.10"),
+            ("decode", f"{r['decode_frames_s']:.1f} frames/s at 1600x900", "", "")]
+    lines = [f"{'what':<9} {'measured':<48} {'ratio':<26} target"]
+    lines += [f"{a:<9} {b:<48} {c:<26} {d}" for a, b, c, d in rows]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    jepa.run_cli(main)

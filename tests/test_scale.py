@@ -1,0 +1,33 @@
+"""Sharded scoring and merge: N machines give the same file as one."""
+import json
+import shutil
+
+from conftest import run_script, write_jsonl
+
+
+def test_shards_merge_byte_identical_to_single_run(tmp_path, reference, tiny_encoder, demo_data, scored):
+    shards = []
+    for i in range(3):
+        out = tmp_path / f"shard{i}.jsonl"
+        run_script("infer.py", "--checkpoint", reference / "best.pt", "--manifest", demo_data, "--encoder",
+                   tiny_encoder, "--output", out, "--shard", f"{i}/3", check=True)
+        assert len(out.read_text().splitlines()) == 5
+        shards.append(out)
+    assert json.loads(shards[1].read_text().splitlines()[0])["clip_id"] == "scene_0__CAM_FRONT__001"  # position 1
+    merged = tmp_path / "merged.jsonl"
+    run_script("infer.py", "--merge", *shards, "--manifest", demo_data, "--output", merged, check=True)
+    assert merged.read_bytes() == scored.read_bytes()
+    assert (tmp_path / "merged.jsonl.meta.json").read_text() == (scored.parent / "scores.jsonl.meta.json").read_text()
+
+    proc = run_script("infer.py", "--merge", *shards[:2], "--manifest", demo_data, "--output", merged)
+    assert proc.returncode == 2 and "5 clip(s) missing ['scene_0__CAM_FRONT__002'" in proc.stderr
+    shutil.copy(shards[0], tmp_path / "dup.jsonl")
+    proc = run_script("infer.py", "--merge", *shards, tmp_path / "dup.jsonl", "--manifest", demo_data, "--output", merged)
+    assert proc.returncode == 2 and "dup.jsonl:1: clip 'scene_0__CAM_FRONT__000' is also in" in proc.stderr
+    assert merged.read_bytes() == scored.read_bytes()  # a refused merge leaves the earlier output alone
+
+
+def test_bad_shard_spec(tmp_path, reference, demo_data):
+    proc = run_script("infer.py", "--checkpoint", reference / "best.pt", "--manifest", demo_data, "--output",
+                      tmp_path / "o.jsonl", "--shard", "3/3")
+    assert proc.returncode == 2 and "--shard 3/3: expected I/N with 0 <= I < N" in proc.stderr
