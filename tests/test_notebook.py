@@ -69,7 +69,8 @@ def start(tmp_path, work_dir, tiny_encoder, manifest, epochs):
     script.write_text("".join(f"{src}\n\nprint({MARKER.format(i)!r}, flush=True)\n\n" for i, src in enumerate(cells)))
     env = dict(os.environ, JEPA_WORK_DIR=str(work_dir), JEPA_MANIFEST=str(manifest), JEPA_VAL_MANIFEST=str(manifest),
                JEPA_ENCODER=str(tiny_encoder), JEPA_EPOCHS=str(epochs), JEPA_RUN_NAME="ci-run",
-               JEPA_BATCH_SIZE="8", JEPA_SEED="0", JEPA_LR="1e-3", CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1")
+               JEPA_BATCH_SIZE="8", JEPA_SEED="0", JEPA_LR="1e-3", CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1",
+               OMP_NUM_THREADS="1")  # one thread each: two executions run side by side below
     for key in ("JEPA_DATA_ROOT", "JEPA_REPO_DIR", "JEPA_REPO_URL", "JEPA_TEST_KILL_AT"):
         env.pop(key, None)  # the notebook's own choices: the repository is the folder it runs in
     log = open(work_dir.parent / f"{work_dir.name}-{epochs}.log", "w+")
