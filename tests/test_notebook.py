@@ -12,8 +12,7 @@ import subprocess
 import sys
 import tempfile
 import xml.etree.ElementTree as ET
-
-import pytest
+from pathlib import Path
 
 import jepa
 from conftest import ROOT
@@ -151,7 +150,7 @@ def test_colab_install_keeps_preinstalled_torch(tmp_path, monkeypatch):
 
     def fake_run_live(cmd, cwd=None):
         requirements = cmd[cmd.index("-r") + 1] if "-r" in cmd else None
-        calls.append((cmd, open(requirements).read().split() if requirements else None))
+        calls.append((cmd, Path(requirements).read_text().split() if requirements else None))
 
     monkeypatch.chdir(ROOT)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the cell's temporary requirements file
