@@ -266,8 +266,10 @@ def manifest_fingerprint(records):
     return hashlib.sha256(json.dumps(body).encode()).hexdigest()[:16]
 
 
-def assign_splits(records, seed, val_fraction=0.2):
+def assign_splits(records, seed, val_fraction=0.2, use_manifest_split=True):
     """Split per clip: the manifest's `split` when given, else a seeded split by scene (by clip under 5 scenes)."""
+    if not use_manifest_split:
+        records = [dict(r, split=None) for r in records]
     free = [r for r in records if r["split"] is None]
     by_scene = len({r["scene"] for r in free}) >= 5
     units = sorted({r["scene"] if by_scene else r["clip_id"] for r in free})
@@ -755,7 +757,7 @@ def load_for_scoring(args):
     ckpt = load_checkpoint(args.checkpoint)
     cfg = load_config(None, args.set, base=ckpt["config"], encoder=args.encoder, data_root=args.data_root)
     old, new = _flatten(ckpt["config"]), _flatten(cfg)
-    changed = [k for k in new if new[k] != old.get(k) and not k.startswith(SCORING_CHANGES)]
+    changed = [k for k in new if k in old and new[k] != old[k] and not k.startswith(SCORING_CHANGES)]
     if changed:
         raise UserError(f"{', '.join(changed)} cannot differ from the training config of {args.checkpoint} "
                         f"(masks and features must match training)")

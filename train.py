@@ -57,7 +57,7 @@ def resolve_config(args, run_dir):
         raise jepa.UserError(f"--resume: {run_dir} holds no run (no config.yaml); start it without --resume")
     cfg = jepa.load_config(saved, args.set, **named)
     old, new = jepa._flatten(yaml.safe_load(saved.read_text())), jepa._flatten(cfg)
-    changed = [k for k in new if new[k] != old.get(k) and k not in RESUMABLE_CHANGES]
+    changed = [k for k in new if k in old and new[k] != old[k] and k not in RESUMABLE_CHANGES]
     if changed:
         raise jepa.UserError(f"--resume: {', '.join(f'{k} {old.get(k)!r} -> {new[k]!r}' for k in changed)} "
                              f"would change the run; start a new --run-dir (add --features {run_dir} to reuse "
@@ -119,13 +119,13 @@ def main(argv=None):
     cfg = resolve_config(args, run_dir)
     device = jepa.resolve_device(args.device)
     records = jepa.read_manifest(args.manifest, cfg["data"]["root"], cfg["data"]["tubelet_size"])
-    splits = jepa.assign_splits(records, cfg["seed"], cfg["data"]["val_fraction"])
+    splits = jepa.assign_splits(records, cfg["seed"], cfg["data"]["val_fraction"], cfg["data"]["use_manifest_split"])
     train_recs = [r for r, s in zip(records, splits) if s == "train"]
     val_recs = [r for r, s in zip(records, splits) if s == "val"]
     if not train_recs:
         raise jepa.UserError(f"{args.manifest}: no clips to train on ({splits.count('test')} of {len(records)} "
-                             f"are split=test, which is never trained on); use a manifest with train/val clips "
-                             f"or without a split field")
+                             f"are split=test, which is never trained on); use a manifest with train/val clips, "
+                             f"or --set data.use_manifest_split=false to draw a seeded split instead")
     jepa.check_frames(train_recs + val_recs, args.manifest)
     encoder = jepa.VJEPAEncoder(cfg["model"]["encoder_name"], device)  # before the run folder: bad input leaves none
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -178,10 +178,8 @@ def test_infer_one_line_per_clip_in_order(scored, demo_data):
 
 @pytest.mark.skipif(not REALDATA.is_dir(), reason="../shared/realdata not present")
 def test_real_dashcam_frames_end_to_end(tmp_path, tiny_encoder):
-    rows = [json.loads(x) for x in (REALDATA / "manifest.jsonl").read_text().splitlines()]
-    manifest = write_jsonl(tmp_path / "m.jsonl", [{k: v for k, v in r.items() if k != "split"} for r in rows])
-    run = tmp_path / "run"
-    train_run(run, manifest, tiny_encoder, "--epochs", 2, "--data-root", REALDATA)  # all 'test' in the original
+    run = tmp_path / "run"  # every clip there is split=test: draw a seeded split instead
+    train_run(run, REALDATA / "manifest.jsonl", tiny_encoder, "--epochs", 2, "--set", "data.use_manifest_split=false")
     out = tmp_path / "scores.jsonl"
     run_script("infer.py", "--checkpoint", run / "best.pt", "--manifest", REALDATA / "manifest.jsonl",
                "--encoder", tiny_encoder, "--output", out, check=True)
@@ -191,5 +189,5 @@ def test_real_dashcam_frames_end_to_end(tmp_path, tiny_encoder):
 
 def test_training_refuses_an_all_test_manifest(tmp_path, tiny_encoder):
     m = write_jsonl(tmp_path / "m.jsonl", [{"clip_id": "a", "split": "test", "frames": ["x.jpg", "y.jpg"]}])
-    with pytest.raises(jepa.UserError, match="no clips to train on"):
+    with pytest.raises(jepa.UserError, match="no clips to train on.*data.use_manifest_split=false"):
         train.main(["--manifest", str(m), "--encoder", str(tiny_encoder), "--run-dir", str(tmp_path / "r")])
