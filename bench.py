@@ -28,6 +28,7 @@ from PIL import Image
 import demo
 import infer
 import jepa
+from manifest import read_manifest
 import train
 
 HERE = Path(__file__).resolve().parent
@@ -93,7 +94,7 @@ def bench_naive(encoder, head, manifest, cfg, limit):
     d = cfg["data"]
     masker = jepa.MaskTubelet(d["mask_ratio"], d["patch_size"], cfg["seed"])
     done, t0 = 0, time.perf_counter()
-    for rec in jepa.read_manifest(manifest):
+    for rec in read_manifest(manifest):
         for k in range(len(rec["frames"]) // 2):
             tub = np.stack([jepa.load_frame(f, d["image_size"]) for f in rec["frames"][2 * k:2 * k + 2]])
             masked, mask = masker(tub, rec["clip_id"], k)
@@ -157,7 +158,7 @@ def main():
                                           manifest, cfg, 2 if q else 8)
     print(f"naive {res['naive_tubelets_s']:.3f} tubelets/s", flush=True)
 
-    loader = jepa.make_loader(jepa.JEPADataset(jepa.read_manifest(manifest), cfg, encoder.processor),
+    loader = jepa.make_loader(jepa.JEPADataset(read_manifest(manifest), cfg, encoder.processor),
                               jepa.default_num_workers(device))
     t0 = time.perf_counter()
     n_frames = sum(len(item["mask_frac"]) * 2 for item in loader)

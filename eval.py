@@ -17,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 import jepa
+from manifest import check_frames, read_manifest
 
 
 def parse_args(argv=None):
@@ -30,8 +31,8 @@ def main(argv=None):
     args = parse_args(argv)
     jepa.check_output_writable(args.output)
     ckpt, cfg, encoder, head, workers = jepa.load_for_scoring(args)
-    records = jepa.read_manifest(args.manifest, cfg["data"]["root"], cfg["data"]["tubelet_size"])
-    jepa.check_frames(records, args.manifest)
+    records = read_manifest(args.manifest, cfg["data"]["root"], cfg["data"]["tubelet_size"])
+    check_frames(records, args.manifest)
     labels = None
     if args.labels:
         import report  # ranking metrics live beside the HTML report

@@ -22,6 +22,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 import jepa
+from manifest import manifest_fingerprint, read_manifest
 
 IDENTITY = ("checkpoint_sha256", "manifest_fingerprint", "encoder_fingerprint", "shard", "aggregate")
 
@@ -83,14 +84,14 @@ def score(args):
     jepa.check_output_writable(out)
     shard = parse_shard(args.shard) if args.shard else (0, 1)
     ckpt, cfg, encoder, head, workers = jepa.load_for_scoring(args)
-    records = jepa.read_manifest(args.manifest, cfg["data"]["root"], cfg["data"]["tubelet_size"])
+    records = read_manifest(args.manifest, cfg["data"]["root"], cfg["data"]["tubelet_size"])
     records = records[shard[0]::shard[1]]
     ev = cfg["evaluation"]
     meta = {"checkpoint": str(args.checkpoint), "encoder": cfg["model"]["encoder_name"],
             "manifest": str(args.manifest), "shard": args.shard, "aggregate": ev["aggregate"],
             "tubelet_size": cfg["data"]["tubelet_size"],
             "checkpoint_sha256": hashlib.sha256(Path(args.checkpoint).read_bytes()).hexdigest(),
-            "manifest_fingerprint": jepa.manifest_fingerprint(records), "encoder_fingerprint": encoder.fingerprint}
+            "manifest_fingerprint": manifest_fingerprint(records), "encoder_fingerprint": encoder.fingerprint}
     lines = [] if args.overwrite else kept_lines(out, meta_path, meta, records)
     jepa.atomic_write_text(meta_path, json.dumps({k: meta[k] for k in sorted(meta) if k != "shard" or args.shard},
                                                  indent=1) + "\n")
@@ -128,7 +129,7 @@ def score(args):
 
 def merge(args):
     """Join shard files into manifest order; refuse a missing, duplicated or unknown clip."""
-    records = jepa.read_manifest(args.manifest)
+    records = read_manifest(args.manifest)
     by_id, metas = {}, []
     for path in args.merge:
         if not Path(path).is_file():
@@ -152,7 +153,7 @@ def merge(args):
     jepa.atomic_write_text(args.output, "".join(by_id[r["clip_id"]][1] for r in records))
     if metas and metas[0]:
         meta = {k: v for k, v in metas[0].items() if k != "shard"}
-        meta["manifest_fingerprint"] = jepa.manifest_fingerprint(records)
+        meta["manifest_fingerprint"] = manifest_fingerprint(records)
         jepa.atomic_write_text(args.output + ".meta.json", json.dumps(dict(sorted(meta.items())), indent=1) + "\n")
     failed = sum('"error"' in line for _, line in by_id.values())
     print(f"merged {len(args.merge)} shards, {len(records)} clips ({failed} failed) -> {args.output}", file=sys.stderr)

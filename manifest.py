@@ -1,4 +1,5 @@
-"""Make JSONL clip manifests from a nuScenes download or from folders of frames, and check a manifest.
+"""Manifests: read and validate them (train.py, eval.py and infer.py use this), build them from a nuScenes
+download or from folders of frames, and check one.
 
 Usage:
   python manifest.py nuscenes --dataroot /data/nuscenes --version v1.0-mini --cameras CAM_FRONT \
@@ -21,8 +22,10 @@ Splits: --split for all clips; else the official split where vendored here (the 
 check: prints a summary, `warning: file:line: what` and `error: file:line: what` lines; exit 1 on any error.
 """
 import argparse
+import hashlib
 import json
 import os
+import random
 import re
 import sys
 from collections import Counter
@@ -39,6 +42,128 @@ MINI_SPLITS = {**dict.fromkeys(["scene-0103", "scene-0916"], "val"),
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
+# ---- reading manifests (train.py, eval.py, infer.py and check use these) ----
+
+def _clip_record(raw, line, base, where):
+    """One manifest line (either research style) -> normalised clip dict, or an error string."""
+    if not isinstance(raw, dict):
+        return f"{where}: expected a JSON object"
+    frames = raw.get("frame_paths", raw.get("frames"))
+    if not isinstance(frames, list) or not frames or not all(isinstance(f, str) and f for f in frames):
+        return f"{where}: no frames (need a non-empty list of paths in 'frame_paths' or 'frames')"
+    scene = str(raw.get("scene_id", raw.get("scene", "unknown")))
+    camera = str(raw.get("camera", "unknown"))
+    clip_id = raw.get("clip_id")
+    if clip_id is None:  # stable: depends only on the record's own content
+        clip_id = f"{scene}__{camera}__{hashlib.sha1(json.dumps(frames).encode()).hexdigest()[:10]}"
+    split = raw.get("split")
+    if split is not None and split not in ("train", "val", "test"):
+        return f"{where}: split must be train, val or test, got {split!r}"
+    return {"clip_id": str(clip_id), "scene": scene, "camera": camera, "split": split, "line": line,
+            "frames": [f if os.path.isabs(f) else str(base / f) for f in frames],
+            "timestamps": raw.get("timestamps")}
+
+
+def jsonl_lines(path, what="manifest"):
+    """Yield (line number, `file:line`, object, problem) per non-blank line of a JSONL file; object is None and
+    problem says why when the line is not UTF-8 or not JSON."""
+    for line, raw in enumerate(Path(path).read_bytes().splitlines(), 1):
+        where = f"{path}:{line}"
+        if not raw.strip():
+            continue
+        try:
+            yield line, where, json.loads(raw.decode("utf-8")), None
+        except UnicodeDecodeError:
+            yield line, where, None, f"{where}: not UTF-8 text (re-save the {what} as UTF-8)"
+        except json.JSONDecodeError as e:
+            yield line, where, None, f"{where}: not JSON ({e.msg} at column {e.colno})"
+
+
+def parse_manifest(path, root=None, tubelet_size=2):
+    """Read a JSONL manifest into (clip dicts, problems); frames resolve against `root` or the manifest's folder.
+
+    Each problem is one `file:line: what` string; lines with problems are left out of the clips."""
+    path = Path(path)
+    if not path.is_file():
+        return [], [f"{path}: manifest not found (pass MANIFEST=path/to/clips.jsonl)"]
+    base = Path(root) if root else path.resolve().parent
+    records, problems, seen = [], [], {}
+    for line, where, raw, problem in jsonl_lines(path):
+        if problem:
+            problems.append(problem)
+            continue
+        rec = _clip_record(raw, line, base, where)
+        if isinstance(rec, str):
+            problems.append(rec)
+            continue
+        if len(rec["frames"]) < tubelet_size:
+            problems.append(f"{where}: {len(rec['frames'])} frame(s), fewer than one tubelet ({tubelet_size})")
+            continue
+        if rec["clip_id"] in seen:
+            problems.append(f"{where}: duplicate clip_id {rec['clip_id']!r} (first on line {seen[rec['clip_id']]})")
+            continue
+        seen[rec["clip_id"]] = line
+        records.append(rec)
+    if not records and not problems:
+        problems.append(f"{path}: empty manifest (no clips)")
+    return records, problems
+
+
+def read_manifest(path, root=None, tubelet_size=2):
+    """parse_manifest, raising UserError with every problem (one line each) when there are any."""
+    records, problems = parse_manifest(path, root, tubelet_size)
+    if problems:
+        raise jepa.UserError("\n".join(problems))
+    return records
+
+
+def frame_problem(path, decode=False):
+    """Why a frame cannot be used (missing, empty, not an image, undecodable), or None when it is fine."""
+    try:
+        if os.path.getsize(path) == 0:
+            return "zero-byte file"
+        with Image.open(path) as im:
+            if decode:
+                im.load()
+    except FileNotFoundError:
+        return "file not found"
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        return f"not a readable image ({e})"
+    return None
+
+
+def check_frames(records, manifest_path, decode=False):
+    """Raise UserError listing every unusable frame as `manifest:line: frame PATH: problem`."""
+    problems = []
+    for rec in records:
+        for f in rec["frames"]:
+            why = frame_problem(f, decode)
+            if why:
+                problems.append(f"{manifest_path}:{rec['line']}: frame {f}: {why}")
+    if problems:
+        raise jepa.UserError("\n".join(problems))
+
+
+def manifest_fingerprint(records):
+    """Hash of what the manifest says (clip ids, splits, resolved frame paths), independent of formatting."""
+    body = [(r["clip_id"], r["split"], r["frames"]) for r in records]
+    return hashlib.sha256(json.dumps(body).encode()).hexdigest()[:16]
+
+
+def assign_splits(records, seed, val_fraction=0.2, use_manifest_split=True):
+    """Split per clip: the manifest's `split` when given, else a seeded split by scene (by clip under 5 scenes)."""
+    if not use_manifest_split:
+        records = [dict(r, split=None) for r in records]
+    free = [r for r in records if r["split"] is None]
+    by_scene = len({r["scene"] for r in free}) >= 5
+    units = sorted({r["scene"] if by_scene else r["clip_id"] for r in free})
+    random.Random(seed).shuffle(units)
+    n_val = round(val_fraction * len(units)) if len(units) > 1 else 0
+    val_units = set(units[:max(n_val, 1 if val_fraction > 0 and len(units) > 1 else 0)])
+    return [r["split"] or ("val" if (r["scene"] if by_scene else r["clip_id"]) in val_units else "train")
+            for r in records]
+
+
 # ---- shared ----
 
 def natural_key(name):
@@ -50,7 +175,7 @@ def seeded_splits(scenes, seed):
     """Scene -> train/val by jepa.assign_splits (80/20 with the same shuffle training uses). Each scene goes in as
     a one-clip record whose clip_id is the scene, so the split stays by scene even with under 5 scenes."""
     names = sorted(scenes)
-    return dict(zip(names, jepa.assign_splits([{"scene": s, "clip_id": s, "split": None} for s in names], seed)))
+    return dict(zip(names, assign_splits([{"scene": s, "clip_id": s, "split": None} for s in names], seed)))
 
 
 def check_window(frames, stride):
@@ -252,13 +377,13 @@ def check_manifest(args):
     if not args.manifest:
         raise jepa.UserError("--manifest: pass MANIFEST=path/to/clips.jsonl")
     tubelet = args.tubelet_size or jepa.load_config()["data"]["tubelet_size"]
-    records, errors = jepa.parse_manifest(args.manifest, args.data_root, tubelet)
+    records, errors = parse_manifest(args.manifest, args.data_root, tubelet)
     warnings, status, sizes, owner = [], {}, Counter(), {}
     for rec in records:
         where = f"{args.manifest}:{rec['line']}"
         for f in rec["frames"]:
             if f not in status:  # overlapping clips share frames: decode each file once
-                status[f] = jepa.frame_problem(f, decode=True)
+                status[f] = frame_problem(f, decode=True)
                 if status[f] is None:
                     sizes[image_size(f)] += 1
             if status[f]:

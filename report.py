@@ -22,6 +22,7 @@ from pathlib import Path
 from PIL import Image
 
 import jepa
+from manifest import jsonl_lines, read_manifest
 
 THUMB_SIZE = (160, 120)  # box a thumbnail fits in: ~4 KB as JPEG, so TOP=50 stays around 1-2 MB
 THUMB_QUALITY = 70
@@ -36,17 +37,9 @@ def read_jsonl(path, what, hint=""):
     if not path.is_file():
         raise jepa.UserError(f"{path}: {what} not found{hint}")
     rows, problems, seen = [], [], {}
-    for line, raw in enumerate(path.read_bytes().splitlines(), 1):
-        where = f"{path}:{line}"
-        try:
-            obj = json.loads(raw.decode("utf-8")) if raw.strip() else None
-        except UnicodeDecodeError:
-            problems.append(f"{where}: not UTF-8 text")
-            continue
-        except json.JSONDecodeError as e:
-            problems.append(f"{where}: not JSON ({e.msg} at column {e.colno})")
-            continue
-        if obj is None:
+    for line, where, obj, problem in jsonl_lines(path, what):
+        if problem:
+            problems.append(problem)
             continue
         if not isinstance(obj, dict) or not isinstance(obj.get("clip_id"), str):
             problems.append(f"{where}: expected a JSON object with a string clip_id")
@@ -385,7 +378,7 @@ def main():
     clips = read_scores(args.scores)
     meta = read_meta(args.scores)
     # tubelet_size=1: a clip too short to score is already a failed row; it must not stop the report
-    records = jepa.read_manifest(args.manifest, args.data_root, 1) if args.manifest else []
+    records = read_manifest(args.manifest, args.data_root, 1) if args.manifest else []
     text = build_html(clips, args, meta, {r["clip_id"]: r["frames"] for r in records})
     try:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ training.epochs, writing RUN/metrics.jsonl and last.pt / best.pt / epoch_NNN.pt.
 exactly; --epochs is the total. --features reuses another run's features (same fingerprint) without re-encoding.
 """
 import argparse
+import hashlib
 import json
 import math
 import time
@@ -21,6 +22,7 @@ import yaml
 from tqdm import tqdm
 
 import jepa
+from manifest import assign_splits, check_frames, manifest_fingerprint, read_manifest
 
 RESUMABLE_CHANGES = {"training.epochs", "data.num_workers", "training.encode_batch_size"}
 
@@ -118,24 +120,24 @@ def main(argv=None):
     run_dir = Path(args.run_dir)
     cfg = resolve_config(args, run_dir)
     device = jepa.resolve_device(args.device)
-    records = jepa.read_manifest(args.manifest, cfg["data"]["root"], cfg["data"]["tubelet_size"])
-    splits = jepa.assign_splits(records, cfg["seed"], cfg["data"]["val_fraction"], cfg["data"]["use_manifest_split"])
+    records = read_manifest(args.manifest, cfg["data"]["root"], cfg["data"]["tubelet_size"])
+    splits = assign_splits(records, cfg["seed"], cfg["data"]["val_fraction"], cfg["data"]["use_manifest_split"])
     train_recs = [r for r, s in zip(records, splits) if s == "train"]
     val_recs = [r for r, s in zip(records, splits) if s == "val"]
     if not train_recs:
         raise jepa.UserError(f"{args.manifest}: no clips to train on ({splits.count('test')} of {len(records)} "
                              f"are split=test, which is never trained on); use a manifest with train/val clips, "
                              f"or --set data.use_manifest_split=false to draw a seeded split instead")
-    jepa.check_frames(train_recs + val_recs, args.manifest)
+    check_frames(train_recs + val_recs, args.manifest)
     encoder = jepa.VJEPAEncoder(cfg["model"]["encoder_name"], device)  # before the run folder: bad input leaves none
     run_dir.mkdir(parents=True, exist_ok=True)
     for tmp in run_dir.glob(".*.tmp*"):  # leftovers of a killed write; the real files are intact
         tmp.unlink()
     jepa.atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
     d, enc_recs = cfg["data"], train_recs + val_recs
-    fingerprint = json.dumps([encoder.fingerprint, jepa.manifest_fingerprint(enc_recs), d["image_size"],
+    fingerprint = json.dumps([encoder.fingerprint, manifest_fingerprint(enc_recs), d["image_size"],
                               d["patch_size"], d["tubelet_size"], d["mask_ratio"], cfg["seed"]])
-    fingerprint = jepa.hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
+    fingerprint = hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
     workers = d["num_workers"] if d["num_workers"] is not None else jepa.default_num_workers(device)
     feat_dir = Path(args.features) if args.features else run_dir / "features"
     feat_dir = feat_dir / "features" if (feat_dir / "features").is_dir() else feat_dir

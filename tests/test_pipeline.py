@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import jepa
+from manifest import assign_splits, read_manifest
 import train
 from conftest import REALDATA, run_script, write_jsonl
 
@@ -39,7 +40,7 @@ def test_mask_deterministic_per_clip_and_tubelet():
 
 
 def test_dataset_tubelets_drop_remainder_and_mask_frac(demo_data):
-    records = jepa.read_manifest(demo_data)
+    records = read_manifest(demo_data)
     rec = dict(records[0], frames=records[0]["frames"][:7])  # 7 frames -> 3 tubelets, one frame dropped
     item = jepa.JEPADataset([rec], cfg_with())[0]
     assert item["clean"].shape == (3, 2, 3, 224, 224) and item["clean"].dtype == torch.uint8
@@ -54,22 +55,22 @@ def test_both_manifest_styles_and_paths(tmp_path):
     m = write_jsonl(tmp_path / "m.jsonl", [
         {"scene": "s1", "camera": "CAM_FRONT", "frames": frames, "timestamps": [0, 1, 2, 3]},
         {"clip_id": "c2", "split": "val", "scene_id": "s2", "camera": "CAM_BACK", "frame_paths": ["/abs/a.jpg"] * 2}])
-    a, b = jepa.read_manifest(m)
+    a, b = read_manifest(m)
     assert a["scene"] == "s1" and a["frames"][0] == str(tmp_path / "f0.jpg") and a["split"] is None
-    assert a["clip_id"] == jepa.read_manifest(m)[0]["clip_id"] and a["clip_id"].startswith("s1__CAM_FRONT__")
+    assert a["clip_id"] == read_manifest(m)[0]["clip_id"] and a["clip_id"].startswith("s1__CAM_FRONT__")
     assert (b["clip_id"], b["scene"], b["camera"], b["split"], b["frames"]) == ("c2", "s2", "CAM_BACK", "val",
                                                                               ["/abs/a.jpg"] * 2)
-    assert jepa.read_manifest(m, root="/data")[0]["frames"][0] == "/data/f0.jpg"
+    assert read_manifest(m, root="/data")[0]["frames"][0] == "/data/f0.jpg"
 
 
 def test_seeded_split_by_scene_and_by_clip(demo_data):
-    records = jepa.read_manifest(demo_data)  # 5 scenes: split by scene
-    splits = jepa.assign_splits(records, seed=0)
+    records = read_manifest(demo_data)  # 5 scenes: split by scene
+    splits = assign_splits(records, seed=0)
     val_scenes = {r["scene"] for r, s in zip(records, splits) if s == "val"}
-    assert len(val_scenes) == 1 and splits == jepa.assign_splits(records, seed=0)
+    assert len(val_scenes) == 1 and splits == assign_splits(records, seed=0)
     assert all(s == "val" for r, s in zip(records, splits) if r["scene"] in val_scenes)
     few = records[:6]  # 2 scenes: split by clip
-    assert jepa.assign_splits(few, seed=0).count("val") == 1
+    assert assign_splits(few, seed=0).count("val") == 1
 
 
 # ---- model ----
@@ -101,7 +102,7 @@ def test_encoder_uses_vision_features_not_hf_predictor(tiny_encoder, monkeypatch
 
 def test_stream_batches_across_clips_in_order(tiny_encoder, demo_data):
     encoder = jepa.VJEPAEncoder(str(tiny_encoder))
-    records = jepa.read_manifest(demo_data)[:5]
+    records = read_manifest(demo_data)[:5]
     ds = jepa.JEPADataset(records, cfg_with(), encoder.processor)
     batched = list(jepa.encode_stream(encoder, ds, batch_size=3, num_workers=1))
     assert [b[0] for b in batched] == list(range(5))
@@ -170,7 +171,7 @@ def test_eval_json_schema_and_ranges(tmp_path, trained, tiny_encoder, demo_data)
 
 def test_infer_one_line_per_clip_in_order(scored, demo_data):
     rows = [json.loads(x) for x in scored.read_text().splitlines()]
-    assert [r["clip_id"] for r in rows] == [r["clip_id"] for r in jepa.read_manifest(demo_data)]
+    assert [r["clip_id"] for r in rows] == [r["clip_id"] for r in read_manifest(demo_data)]
     for r in rows:
         assert set(r) == {"clip_id", "scene", "camera", "first_frame", "score", "tubelet_scores"}
         assert len(r["tubelet_scores"]) == 4 and r["score"] == pytest.approx(np.mean(r["tubelet_scores"]), abs=2e-6)

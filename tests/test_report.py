@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 import jepa
+from manifest import read_manifest
 import report
 from conftest import REALDATA, run_script, write_jsonl
 
@@ -123,7 +124,7 @@ EVIL = "<script>alert(1)</script>"
 @pytest.fixture
 def scored(demo_data, tmp_path):
     """Scores for the 15 demo clips: one failed, one tie, one scene named like a script tag."""
-    records = jepa.read_manifest(demo_data)
+    records = read_manifest(demo_data)
     rows = []
     for i, r in enumerate(records):
         tubs = [round(0.01 * ((i * 7 + t * 3) % 11), 6) for t in range(4)]
@@ -214,7 +215,7 @@ def test_report_placeholders_and_meta(scored, tmp_path, monkeypatch):
 
 def test_thumbnails_stay_small(tmp_path, demo_data):
     frames = sorted(REALDATA.glob("frames/*/*.jpg"))[:3] if REALDATA.is_dir() else []
-    frames = frames or jepa.read_manifest(demo_data)[0]["frames"][:3]
+    frames = frames or read_manifest(demo_data)[0]["frames"][:3]
     for f in frames:
         uri = report.thumbnail(f)
         assert uri.startswith("data:image/jpeg;base64,") and len(uri) < 15_000  # 50 clips x 5 stay < 4 MB

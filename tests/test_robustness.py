@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 import jepa
+from manifest import check_frames, read_manifest
 import train
 from conftest import ROOT, run_script, write_jsonl
 
@@ -131,7 +132,7 @@ def test_manifest_problems_are_all_listed_with_lines(tmp_path):
                   b'{"clip_id": "a", "frames": ["a.jpg", "a.jpg"]}\n'
                   b'{"clip_id": "\xff\xfe"}\n')
     with pytest.raises(jepa.UserError) as e:
-        jepa.read_manifest(m)
+        read_manifest(m)
     assert str(e.value).splitlines() == [
         f"{m}:2: not JSON (Expecting value at column 1)",
         f"{m}:3: no frames (need a non-empty list of paths in 'frame_paths' or 'frames')",
@@ -140,7 +141,7 @@ def test_manifest_problems_are_all_listed_with_lines(tmp_path):
         f"{m}:6: not UTF-8 text (re-save the manifest as UTF-8)"]
     (tmp_path / "empty.jsonl").write_text("\n")
     with pytest.raises(jepa.UserError, match="empty manifest"):
-        jepa.read_manifest(tmp_path / "empty.jsonl")
+        read_manifest(tmp_path / "empty.jsonl")
 
 
 def test_unusable_frames_are_named(tmp_path):
@@ -151,7 +152,7 @@ def test_unusable_frames_are_named(tmp_path):
     m = write_jsonl(tmp_path / "m.jsonl", [{"clip_id": "a", "frames": ["ok.jpg", "missing.jpg", "zero.jpg"]},
                                            {"clip_id": "b", "frames": ["text.jpg", "trunc.jpg"]}])
     with pytest.raises(jepa.UserError) as e:
-        jepa.check_frames(jepa.read_manifest(m), m, decode=True)
+        check_frames(read_manifest(m), m, decode=True)
     lines = str(e.value).splitlines()
     assert lines[0] == f"{m}:1: frame {tmp_path / 'missing.jpg'}: file not found"
     assert lines[1] == f"{m}:1: frame {tmp_path / 'zero.jpg'}: zero-byte file"
