@@ -310,3 +310,14 @@ def test_check_a_made_nuscenes_manifest_needs_its_data_root(nusc, tmp_path, caps
     code, _, stderr = cli(capsys, "check", "--manifest", tmp_path / "none.jsonl")
     assert (code, stderr[0]) == (1, f"error: {tmp_path / 'none.jsonl'}: manifest not found "
                                     f"(pass MANIFEST=path/to/clips.jsonl)")
+
+
+def test_a_nuscenes_manifest_trains_unchanged(nusc, tmp_path, tiny_encoder):
+    import train
+    out = tmp_path / "nusc.jsonl"
+    rows = build(nusc, out, "--source", "sweeps", "--frames", 4, "--stride", 4, "--cameras", "CAM_FRONT,CAM_BACK")
+    assert {r["split"] for r in rows} == {"train", "val"}  # official mini split: one scene each
+    train.main(["--manifest", str(out), "--data-root", str(nusc), "--encoder", str(tiny_encoder),
+                "--run-dir", str(tmp_path / "run"), "--epochs", "2"])
+    metrics = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2]

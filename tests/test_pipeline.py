@@ -158,8 +158,8 @@ def trained(reference):
 
 def test_eval_json_schema_and_ranges(tmp_path, trained, tiny_encoder, demo_data):
     out = tmp_path / "eval.json"
-    run_script("eval.py", "--checkpoint", trained, "--manifest", demo_data, "--encoder", tiny_encoder,
-               "--output", out, check=True)
+    proc = run_script("eval.py", "--checkpoint", trained, "--manifest", demo_data, "--encoder", tiny_encoder,
+                      "--output", out, "--labels", demo_data.parent / "labels.jsonl", check=True)
     res = json.loads(out.read_text())
     for key in ("mean_cosine_similarity", "std_cosine_similarity", "masked_cosine_similarity", "per_scene",
                 "num_clips", "num_tubelets", "checkpoint", "encoder"):
@@ -167,6 +167,12 @@ def test_eval_json_schema_and_ranges(tmp_path, trained, tiny_encoder, demo_data)
     assert -1 <= res["mean_cosine_similarity"] <= 1 and 0 <= res["std_cosine_similarity"] <= 2
     assert res["num_clips"] == 15 and res["num_tubelets"] == 60 and len(res["per_scene"]) == 5
     assert res["mean_cosine_similarity"] > res["masked_cosine_similarity"]  # the head beats no head
+    assert set(res["ranking"]) == {"trained", "masked_gap", "random"}  # labelled run: one block per method
+    for block in res["ranking"].values():
+        assert block["num_labelled"] == 15 and block["num_positive"] == 2
+        assert 0 < block["average_precision"] <= 1 and set(block["precision_at_k"]) == {"10", "50", "100"}
+    assert res["ranking"]["trained"] != res["ranking"]["random"]
+    assert "masked_gap" in proc.stdout and "random" in proc.stdout  # the comparison table is printed
 
 
 def test_infer_one_line_per_clip_in_order(scored, demo_data):
