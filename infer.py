@@ -57,6 +57,15 @@ def result_line(rec, tubelet_novelty=None, aggregate="mean", error=None):
     return json.dumps(row) + "\n"
 
 
+def clip_id_of(line):
+    """The clip_id of a scores line, or None when the line is not a JSON object."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return row.get("clip_id") if isinstance(row, dict) else None
+
+
 def kept_lines(out, meta_path, meta, records):
     """Complete lines of an earlier run of the same command (torn last line dropped), or refuse a mismatch."""
     if not out.exists():
@@ -74,7 +83,7 @@ def kept_lines(out, meta_path, meta, records):
     if lines and not lines[-1].endswith("\n"):
         lines.pop()  # torn by a kill mid-write: scored again below
     for k, line in enumerate(lines):
-        if k >= len(records) or json.loads(line).get("clip_id") != records[k]["clip_id"]:
+        if k >= len(records) or clip_id_of(line) != records[k]["clip_id"]:
             raise jepa.UserError(f"{out}:{k + 1}: does not match the manifest's clip order; pass --overwrite")
     return lines
 
@@ -137,7 +146,9 @@ def merge(args):
         for n, line in enumerate(Path(path).read_text().splitlines(keepends=True), 1):
             if not line.endswith("\n"):
                 raise jepa.UserError(f"{path}:{n}: torn last line; rerun that shard's command to finish it")
-            cid = json.loads(line)["clip_id"]
+            cid = clip_id_of(line)
+            if cid is None:
+                raise jepa.UserError(f"{path}:{n}: not a scores line (a JSON object with a clip_id)")
             if cid in by_id:
                 raise jepa.UserError(f"{path}:{n}: clip {cid!r} is also in {by_id[cid][0]}")
             by_id[cid] = (path, line)

@@ -31,3 +31,14 @@ def test_bad_shard_spec(tmp_path, reference, demo_data):
     proc = run_script("infer.py", "--checkpoint", reference / "best.pt", "--manifest", demo_data, "--output",
                       tmp_path / "o.jsonl", "--shard", "3/3")
     assert proc.returncode == 2 and "--shard 3/3: expected I/N with 0 <= I < N" in proc.stderr
+
+
+def test_merge_names_a_corrupt_shard_line(tmp_path, demo_data):
+    import pytest
+    import infer
+    import jepa
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"clip_id": "scene_0__CAM_FRONT__000"}\nnot json\n')
+    with pytest.raises(jepa.UserError, match=r"bad.jsonl:2: not a scores line"):
+        infer.main(["--merge", str(bad), "--manifest", str(demo_data), "--output", str(tmp_path / "m.jsonl")])
+    assert not (tmp_path / "m.jsonl").exists()
