@@ -139,8 +139,13 @@ def main(argv=None):
                               d["patch_size"], d["tubelet_size"], d["mask_ratio"], cfg["seed"]])
     fingerprint = hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
     workers = d["num_workers"] if d["num_workers"] is not None else jepa.default_num_workers(device)
-    feat_dir = Path(args.features) if args.features else run_dir / "features"
-    feat_dir = feat_dir / "features" if (feat_dir / "features").is_dir() else feat_dir
+    link = run_dir / "features_from.txt"  # remembers --features, so a --resume without it does not re-encode
+    feat_dir = Path(args.features) if args.features else Path(link.read_text()) if link.exists() else None
+    if feat_dir is None:
+        feat_dir = run_dir / "features"
+    else:
+        feat_dir = (feat_dir / "features" if (feat_dir / "features").is_dir() else feat_dir).resolve()
+        jepa.atomic_write_text(link, str(feat_dir))
     t0 = time.time()
     features = encode_features(encoder, enc_recs, cfg, feat_dir, fingerprint, workers)
     encode_s = time.time() - t0

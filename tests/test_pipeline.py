@@ -129,6 +129,8 @@ def test_train_lowers_loss_and_is_reproducible(tmp_path, tiny_encoder, demo_data
     assert ckpt["epoch"] == 2 and ckpt["embed_dim"] == 64
     assert (tmp_path / "a" / "best.pt").exists() and (tmp_path / "a" / "config.yaml").exists()
     assert not (tmp_path / "b" / "features").exists()  # --features reused a's, nothing re-encoded
+    train_run(tmp_path / "b", demo_data, tiny_encoder, "--epochs", 3, "--resume")  # remembers --features
+    assert not (tmp_path / "b" / "features").exists()
 
 
 def test_resume_equals_uninterrupted(tmp_path, tiny_encoder, demo_data):
