@@ -158,12 +158,12 @@ def main():
                                           manifest, cfg, 2 if q else 8)
     print(f"naive {res['naive_tubelets_s']:.3f} tubelets/s", flush=True)
 
-    loader = jepa.make_loader(jepa.JEPADataset(read_manifest(manifest), cfg, encoder.processor),
-                              jepa.default_num_workers(device))
+    workers = jepa.num_workers(cfg, device)
+    loader = jepa.make_loader(jepa.JEPADataset(read_manifest(manifest), cfg, encoder.processor), workers)
     t0 = time.perf_counter()
     n_frames = sum(len(item["mask_frac"]) * 2 for item in loader)
     res["decode_frames_s"] = n_frames / (time.perf_counter() - t0)
-    print(f"decode {res['decode_frames_s']:.1f} frames/s ({jepa.default_num_workers(device)} workers)", flush=True)
+    print(f"decode {res['decode_frames_s']:.1f} frames/s ({workers} workers)", flush=True)
     del encoder
 
     run_dir = work / "train-run"

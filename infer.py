@@ -57,13 +57,13 @@ def result_line(rec, tubelet_novelty=None, aggregate="mean", error=None):
     return json.dumps(row) + "\n"
 
 
-def clip_id_of(line):
-    """The clip_id of a scores line, or None when the line is not a JSON object."""
+def parse_row(line):
+    """A scores line as a dict, or {} when it is not a JSON object."""
     try:
         row = json.loads(line)
     except json.JSONDecodeError:
-        return None
-    return row.get("clip_id") if isinstance(row, dict) else None
+        return {}
+    return row if isinstance(row, dict) else {}
 
 
 def kept_lines(out, meta_path, meta, records):
@@ -83,7 +83,7 @@ def kept_lines(out, meta_path, meta, records):
     if lines and not lines[-1].endswith("\n"):
         lines.pop()  # torn by a kill mid-write: scored again below
     for k, line in enumerate(lines):
-        if k >= len(records) or clip_id_of(line) != records[k]["clip_id"]:
+        if k >= len(records) or parse_row(line).get("clip_id") != records[k]["clip_id"]:
             raise jepa.UserError(f"{out}:{k + 1}: does not match the manifest's clip order; pass --overwrite")
     return lines
 
@@ -105,7 +105,7 @@ def score(args):
     jepa.atomic_write_text(meta_path, json.dumps({k: meta[k] for k in sorted(meta) if k != "shard" or args.shard},
                                                  indent=1) + "\n")
     jepa.atomic_write_text(out, "".join(lines))  # the kept lines only (a torn tail is cut)
-    failed = sum('"error"' in ln for ln in lines)
+    failed = sum("error" in parse_row(ln) for ln in lines)
     todo = records[len(lines):]
     if lines:
         print(f"resuming {out}: {len(lines)} clips already scored, {len(todo)} to go", file=sys.stderr)
@@ -146,7 +146,7 @@ def merge(args):
         for n, line in enumerate(Path(path).read_text().splitlines(keepends=True), 1):
             if not line.endswith("\n"):
                 raise jepa.UserError(f"{path}:{n}: torn last line; rerun that shard's command to finish it")
-            cid = clip_id_of(line)
+            cid = parse_row(line).get("clip_id")
             if cid is None:
                 raise jepa.UserError(f"{path}:{n}: not a scores line (a JSON object with a clip_id)")
             if cid in by_id:
@@ -166,7 +166,7 @@ def merge(args):
         meta = {k: v for k, v in metas[0].items() if k != "shard"}
         meta["manifest_fingerprint"] = manifest_fingerprint(records)
         jepa.atomic_write_text(args.output + ".meta.json", json.dumps(dict(sorted(meta.items())), indent=1) + "\n")
-    failed = sum('"error"' in line for _, line in by_id.values())
+    failed = sum("error" in parse_row(line) for _, line in by_id.values())
     print(f"merged {len(args.merge)} shards, {len(records)} clips ({failed} failed) -> {args.output}", file=sys.stderr)
     return 1 if failed else 0
 

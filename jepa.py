@@ -253,8 +253,10 @@ class JEPADataset(torch.utils.data.Dataset):
                 "mask_frac": torch.tensor(frac, dtype=torch.float32), "error": None}
 
 
-def default_num_workers(device):
-    """Loader workers: enough to feed a GPU; on a CPU one, so decoding does not starve the encoder."""
+def num_workers(cfg, device):
+    """data.num_workers, or when null: enough to feed a GPU; on a CPU one, so decoding does not starve the encoder."""
+    if cfg["data"]["num_workers"] is not None:
+        return cfg["data"]["num_workers"]
     cpus = os.cpu_count() or 1
     return min(16, cpus - 1) if device.type == "cuda" else (1 if cpus >= 2 else 0)
 
@@ -631,6 +633,13 @@ def head_from_checkpoint(ckpt, device="cpu"):
     return head.to(device).eval()
 
 
+def changed_keys(old_cfg, new_cfg, allowed):
+    """Flattened keys whose value differs between two configs, except those starting with an `allowed` prefix.
+    Keys the old config lacks (added to config.yaml since) are not changes."""
+    old, new = _flatten(old_cfg), _flatten(new_cfg)
+    return [(k, old[k], new[k]) for k in new if k in old and new[k] != old[k] and not k.startswith(allowed)]
+
+
 SCORING_CHANGES = ("data.root", "data.num_workers", "model.encoder_name", "evaluation.")
 
 
@@ -639,17 +648,14 @@ def load_for_scoring(args):
     data.root, data.num_workers, model.encoder_name and evaluation.* overridable (masks must match training)."""
     ckpt = load_checkpoint(args.checkpoint)
     cfg = load_config(None, args.set, base=ckpt["config"], encoder=args.encoder, data_root=args.data_root)
-    old, new = _flatten(ckpt["config"]), _flatten(cfg)
-    changed = [k for k in new if k in old and new[k] != old[k] and not k.startswith(SCORING_CHANGES)]
+    changed = changed_keys(ckpt["config"], cfg, SCORING_CHANGES)
     if changed:
-        raise UserError(f"{', '.join(changed)} cannot differ from the training config of {args.checkpoint} "
+        raise UserError(f"{', '.join(k for k, _, _ in changed)} cannot differ from the training config of {args.checkpoint} "
                         f"(masks and features must match training)")
     device = resolve_device(args.device)
     encoder = VJEPAEncoder(cfg["model"]["encoder_name"], device)
     check_encoder_matches(ckpt, encoder, args.checkpoint)
-    workers = cfg["data"]["num_workers"]
-    workers = default_num_workers(device) if workers is None else workers
-    return ckpt, cfg, encoder, head_from_checkpoint(ckpt, device), workers
+    return ckpt, cfg, encoder, head_from_checkpoint(ckpt, device), num_workers(cfg, device)
 
 
 def add_scoring_args(p, checkpoint_required=True):

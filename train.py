@@ -24,7 +24,7 @@ from tqdm import tqdm
 import jepa
 from manifest import assign_splits, check_frames, manifest_fingerprint, read_manifest
 
-RESUMABLE_CHANGES = {"training.epochs", "data.num_workers", "training.encode_batch_size"}
+RESUMABLE_CHANGES = ("training.epochs", "data.num_workers", "training.encode_batch_size")
 
 
 def parse_args(argv=None):
@@ -58,10 +58,9 @@ def resolve_config(args, run_dir):
     if not saved.exists():
         raise jepa.UserError(f"--resume: {run_dir} holds no run (no config.yaml); start it without --resume")
     cfg = jepa.load_config(saved, args.set, **named)
-    old, new = jepa._flatten(yaml.safe_load(saved.read_text())), jepa._flatten(cfg)
-    changed = [k for k in new if k in old and new[k] != old[k] and k not in RESUMABLE_CHANGES]
+    changed = jepa.changed_keys(yaml.safe_load(saved.read_text()), cfg, RESUMABLE_CHANGES)
     if changed:
-        raise jepa.UserError(f"--resume: {', '.join(f'{k} {old.get(k)!r} -> {new[k]!r}' for k in changed)} "
+        raise jepa.UserError(f"--resume: {', '.join(f'{k} {a!r} -> {b!r}' for k, a, b in changed)} "
                              f"would change the run; start a new --run-dir (add --features {run_dir} to reuse "
                              f"its encoded features)")
     return cfg
@@ -138,13 +137,12 @@ def main(argv=None):
     fingerprint = json.dumps([encoder.fingerprint, manifest_fingerprint(enc_recs), d["image_size"],
                               d["patch_size"], d["tubelet_size"], d["mask_ratio"], cfg["seed"]])
     fingerprint = hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
-    workers = d["num_workers"] if d["num_workers"] is not None else jepa.default_num_workers(device)
+    workers = jepa.num_workers(cfg, device)
     link = run_dir / "features_from.txt"  # remembers --features, so a --resume without it does not re-encode
-    feat_dir = Path(args.features) if args.features else Path(link.read_text()) if link.exists() else None
-    if feat_dir is None:
-        feat_dir = run_dir / "features"
-    else:
-        feat_dir = (feat_dir / "features" if (feat_dir / "features").is_dir() else feat_dir).resolve()
+    source = args.features or (link.read_text() if link.exists() else None)
+    feat_dir = run_dir / "features"
+    if source:  # another run's folder or its features/ folder
+        feat_dir = (Path(source) / "features" if (Path(source) / "features").is_dir() else Path(source)).resolve()
         jepa.atomic_write_text(link, str(feat_dir))
     t0 = time.time()
     features = encode_features(encoder, enc_recs, cfg, feat_dir, fingerprint, workers)
