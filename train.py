@@ -24,7 +24,9 @@ from tqdm import tqdm
 import jepa
 from manifest import assign_splits, check_frames, manifest_fingerprint, read_manifest
 
-RESUMABLE_CHANGES = ("training.epochs", "data.num_workers", "training.encode_batch_size")
+# model.encoder_name may be spelled differently (hub id vs snapshot, relative vs absolute path): the features
+# fingerprint holds the encoder's weights fingerprint, so another encoder is still refused when resuming
+RESUMABLE_CHANGES = ("training.epochs", "data.num_workers", "training.encode_batch_size", "model.encoder_name")
 
 
 def parse_args(argv=None):

@@ -279,3 +279,16 @@ def test_no_remote_code_no_unsafe_yaml_no_shell():
         text = path.read_text()
         assert "trust_remote_code=True" not in text and "yaml.load(" not in text, path
         assert "shell=True" not in text and "os.system" not in text, path
+
+
+def test_resume_accepts_same_encoder_spelled_differently_refuses_another(tmp_path, tiny_encoder, demo_data,
+                                                                        reference):
+    import demo
+    shutil.copytree(reference, tmp_path / "r")
+    copy = shutil.copytree(tiny_encoder, tmp_path / "same-weights")  # another path, same weights
+    base = ["--manifest", str(demo_data), "--run-dir", str(tmp_path / "r"), "--resume"]
+    train.main([*base, "--encoder", str(copy), "--epochs", "5"])
+    assert jepa.load_checkpoint(tmp_path / "r" / "last.pt")["epoch"] == 5
+    other = demo.make_tiny_encoder(tmp_path / "other", seed=1)
+    with pytest.raises(jepa.UserError, match="features were encoded with another encoder"):
+        train.main([*base, "--encoder", str(other), "--epochs", "6"])
