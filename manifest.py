@@ -79,6 +79,32 @@ def jsonl_lines(path, what="manifest"):
             yield line, where, None, f"{where}: not JSON ({e.msg} at column {e.colno})"
 
 
+def read_jsonl(path, what, hint=""):
+    """[(where, object)] of a JSONL file of clips, skipping blank lines; UserError listing every `file:line`
+    problem (not UTF-8, not JSON, not an object with a string clip_id, a repeated clip_id)."""
+    path = Path(path)
+    if not path.is_file():
+        raise jepa.UserError(f"{path}: {what} not found{hint}")
+    rows, problems, seen = [], [], {}
+    for line, where, obj, problem in jsonl_lines(path, what):
+        if problem:
+            problems.append(problem)
+            continue
+        if not isinstance(obj, dict) or not isinstance(obj.get("clip_id"), str):
+            problems.append(f"{where}: expected a JSON object with a string clip_id")
+            continue
+        if obj["clip_id"] in seen:
+            problems.append(f"{where}: duplicate clip_id {obj['clip_id']!r} (first on line {seen[obj['clip_id']]})")
+            continue
+        seen[obj["clip_id"]] = line
+        rows.append((where, obj))
+    if problems:
+        raise jepa.UserError("\n".join(problems))
+    if not rows:
+        raise jepa.UserError(f"{path}: empty {what} (no clips)")
+    return rows
+
+
 def parse_manifest(path, root=None, tubelet_size=2):
     """Read a JSONL manifest into (clip dicts, problems); frames resolve against `root` or the manifest's folder.
 

@@ -12,6 +12,7 @@ from PIL import Image
 
 import jepa
 from manifest import read_manifest
+import eval as evaluation
 import report
 from conftest import REALDATA, run_script, write_jsonl
 
@@ -23,7 +24,7 @@ L2 = math.log2
 def test_metrics_hand_computed():
     scores = {"a": 0.9, "b": 0.8, "c": 0.7, "d": 0.6, "e": 0.5}
     labels = {"a": 1, "b": 0, "c": 1, "d": 0, "e": 0}  # ranking a b c d e -> relevance 1 0 1 0 0
-    m = report.ranking_metrics(scores, labels, [1, 3, 10])
+    m = evaluation.ranking_metrics(scores, labels, [1, 3, 10])
     assert m["average_precision"] == pytest.approx((1 / 1 + 2 / 3) / 2)
     assert m["precision_at_k"] == pytest.approx({"1": 1.0, "3": 2 / 3, "10": 2 / 5})  # K > n: divides by n
     assert m["recall_at_k"] == pytest.approx({"1": 0.5, "3": 1.0, "10": 1.0})
@@ -37,7 +38,7 @@ def test_metrics_ties_and_null_labels():
     # u (top score) is unlabelled, x has no score, z was never scored: none of them count, u is not a negative
     scores = {"b": 0.5, "a": 0.5, "c": 0.9, "u": 0.95, "x": None}
     labels = {"b": 1, "a": 0, "c": 0, "u": None, "x": 1, "z": 1}
-    m = report.ranking_metrics(scores, labels, [1, 2])
+    m = evaluation.ranking_metrics(scores, labels, [1, 2])
     # labelled ranking: c, then the tie a/b broken by clip_id -> a, b; relevance 0 0 1
     assert (m["num_labelled"], m["num_positive"]) == (3, 1)
     assert m["average_precision"] == pytest.approx(1 / 3)
@@ -45,16 +46,16 @@ def test_metrics_ties_and_null_labels():
     assert m["recall_at_k"] == pytest.approx({"1": 0.0, "2": 0.0})
     assert m["ndcg_at_k"] == pytest.approx({"1": 0.0, "2": 0.0})
     reordered = dict(reversed(list(scores.items())))  # insertion order must not break the tie
-    assert report.ranking_metrics(reordered, labels, [1, 2]) == m
-    m3 = report.ranking_metrics(scores, labels, [3])
+    assert evaluation.ranking_metrics(reordered, labels, [1, 2]) == m
+    m3 = evaluation.ranking_metrics(scores, labels, [3])
     assert m3["ndcg_at_k"]["3"] == pytest.approx(1 / L2(4))
 
 
 def test_metrics_without_positives_are_none_not_nan():
-    m = report.ranking_metrics({"a": 1.0, "b": 0.5}, {"a": 0, "b": 0}, [1])
+    m = evaluation.ranking_metrics({"a": 1.0, "b": 0.5}, {"a": 0, "b": 0}, [1])
     assert m["average_precision"] is None and m["recall_at_k"]["1"] is None and m["ndcg_at_k"]["1"] is None
     assert m["precision_at_k"]["1"] == 0.0
-    empty = report.ranking_metrics({"a": 1.0}, {"a": None}, [1])
+    empty = evaluation.ranking_metrics({"a": 1.0}, {"a": None}, [1])
     assert empty["num_labelled"] == 0 and empty["precision_at_k"]["1"] is None
     json.dumps(m, allow_nan=False)  # eval.json stays strict JSON
 
@@ -64,8 +65,8 @@ def test_random_baseline_is_the_mean_over_all_rankings():
     ks = [1, 2, 3, 10]
     runs = []
     for perm in itertools.permutations("abcde"):
-        runs.append(report.ranking_metrics({c: -i for i, c in enumerate(perm)}, labels, ks))
-    base = report.random_baseline(labels, ks, {c: 0.0 for c in "abcden"})
+        runs.append(evaluation.ranking_metrics({c: -i for i, c in enumerate(perm)}, labels, ks))
+    base = evaluation.random_baseline(labels, ks, {c: 0.0 for c in "abcden"})
     assert base["average_precision"] == pytest.approx(sum(r["average_precision"] for r in runs) / len(runs))
     for key in ("precision_at_k", "recall_at_k", "ndcg_at_k"):
         for k in map(str, ks):
@@ -78,20 +79,20 @@ def test_random_baseline_is_the_mean_over_all_rankings():
 def test_random_baseline_hand_values_and_scored_subset():
     labels = {"a": 1, "b": 1, "c": 0, "d": 0, "late": 1}
     # exact E[AP] for n=4, 2 positives: (H_4 + (4 - H_4) / 3) / 4 = 98/144
-    base = report.random_baseline(labels, [2], {"a": 0.1, "b": 0.2, "c": 0.3, "d": 0.4, "late": None})
+    base = evaluation.random_baseline(labels, [2], {"a": 0.1, "b": 0.2, "c": 0.3, "d": 0.4, "late": None})
     assert base["average_precision"] == pytest.approx(98 / 144)
     assert base["ndcg_at_k"]["2"] == pytest.approx(0.5)  # rate * ideal / ideal
     assert base["num_labelled"] == 4
-    counted = report.random_baseline({"a": 1, "b": 0}, [1], 2)  # an int: every labelled clip was scored
+    counted = evaluation.random_baseline({"a": 1, "b": 0}, [1], 2)  # an int: every labelled clip was scored
     assert counted["average_precision"] == pytest.approx(0.75) and counted["precision_at_k"]["1"] == 0.5
-    none = report.random_baseline({"a": 0}, [1], 1)
+    none = evaluation.random_baseline({"a": 0}, [1], 1)
     assert none["average_precision"] is None and none["ndcg_at_k"]["1"] is None
 
 
 def test_ranking_table():
-    trained = report.ranking_metrics({"a": 0.9, "b": 0.1}, {"a": 1, "b": 0}, [1, 50])
-    none = report.ranking_metrics({"a": 0.9}, {"a": 0}, [1, 50])
-    text = report.ranking_table({"trained": trained, "masked_gap": none, "random": trained}, [1, 50])
+    trained = evaluation.ranking_metrics({"a": 0.9, "b": 0.1}, {"a": 1, "b": 0}, [1, 50])
+    none = evaluation.ranking_metrics({"a": 0.9}, {"a": 0}, [1, 50])
+    text = evaluation.ranking_table({"trained": trained, "masked_gap": none, "random": trained}, [1, 50])
     lines = text.splitlines()
     assert lines[0].split() == ["method", "AP", "P@1", "R@1", "NDCG@1", "P@50", "R@50", "NDCG@50"]
     assert lines[1].split()[:3] == ["trained", "1.000", "1.000"]
@@ -102,7 +103,7 @@ def test_ranking_table():
 def test_read_labels(tmp_path):
     good = write_jsonl(tmp_path / "labels.jsonl", [{"clip_id": "a", "binary_label": 1},
                                                    {"clip_id": "b", "binary_label": None}])
-    assert report.read_labels(good) == {"a": 1, "b": None}
+    assert evaluation.read_labels(good) == {"a": 1, "b": None}
     bad = tmp_path / "bad.jsonl"
     for body, expect in [('{"clip_id": "a", "binary_label": 1}\n{oops\n', "bad.jsonl:2: not JSON"),
                          ('{"clip_id": "a", "binary_label": 2}\n', "bad.jsonl:1: binary_label must be 0, 1"),
@@ -111,9 +112,9 @@ def test_read_labels(tmp_path):
                          ('[1]\n', "bad.jsonl:1: expected a JSON object")]:
         bad.write_text(body)
         with pytest.raises(jepa.UserError, match=re.escape(expect)):
-            report.read_labels(bad)
+            evaluation.read_labels(bad)
     with pytest.raises(jepa.UserError, match="labels file not found"):
-        report.read_labels(tmp_path / "missing.jsonl")
+        evaluation.read_labels(tmp_path / "missing.jsonl")
 
 
 # ---- the HTML report ----
@@ -240,4 +241,4 @@ def test_duplicate_clip_ids_are_refused(tmp_path):
     dup = write_jsonl(tmp_path / "labels.jsonl", [{"clip_id": "a", "binary_label": 1},
                                                   {"clip_id": "a", "binary_label": 0}])
     with pytest.raises(jepa.UserError, match=re.escape(f"{dup}:2: duplicate clip_id 'a' (first on line 1)")):
-        report.read_labels(dup)
+        evaluation.read_labels(dup)
