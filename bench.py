@@ -154,14 +154,14 @@ def main():
                 "--device", args.device])
     res["pipeline_tubelets_s"] = clips * (frames // 2) / (time.perf_counter() - t0)
     print(f"pipeline {res['pipeline_tubelets_s']:.3f} tubelets/s", flush=True)
-    res["naive_tubelets_s"] = bench_naive(encoder, jepa.head_from_checkpoint(jepa.load_checkpoint(ckpt), device),
+    res["naive_tubelets_s"] = bench_naive(encoder, jepa.head_from_checkpoint(jepa.load_checkpoint(ckpt), ckpt, device),
                                           manifest, cfg, 2 if q else 8)
     print(f"naive {res['naive_tubelets_s']:.3f} tubelets/s", flush=True)
 
     workers = jepa.num_workers(cfg, device)
     loader = jepa.make_loader(jepa.JEPADataset(read_manifest(manifest), cfg, encoder.processor), workers)
     t0 = time.perf_counter()
-    n_frames = sum(len(item["mask_frac"]) * 2 for item in loader)
+    n_frames = sum(len(item.mask_frac) * 2 for item in loader)
     res["decode_frames_s"] = n_frames / (time.perf_counter() - t0)
     print(f"decode {res['decode_frames_s']:.1f} frames/s ({workers} workers)", flush=True)
     del encoder

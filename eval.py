@@ -12,6 +12,7 @@ per line) it adds a `ranking` block comparing the trained score with the masked_
 import argparse
 import json
 import math
+import sys
 from collections import defaultdict
 
 import torch
@@ -120,43 +121,70 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def check_label_overlap(labels, records, labels_path, manifest):
+    """A labels file must be about the manifest's clips: none in common is an error, few a warning, each with
+    an example id from both sides (ids are the manifest's clip_id, derived when a line has none)."""
+    clip_ids = [r["clip_id"] for r in records]
+    matched = sum(c in labels for c in clip_ids)
+    example = (f"e.g. the labels have {next(iter(labels))!r}, the manifest has {clip_ids[0]!r}; use the "
+               f"manifest's clip_id values (`make check` prints how missing ones are derived)")
+    if matched == 0:
+        raise jepa.UserError(f"{labels_path}: none of its {len(labels)} clip_ids is in {manifest}; {example}")
+    if matched < len(labels) / 2:
+        print(f"warning: {labels_path}: only {matched} of its {len(labels)} clip_ids are in {manifest}; "
+              f"{example}", file=sys.stderr)
+
+
+class Evaluation:
+    """Running totals of one evaluation: per-tubelet cosines, per-scene cosines and per-clip scores."""
+
+    def __init__(self, aggregate):
+        self.aggregate = aggregate
+        self.pred_cos, self.masked_cos, self.per_scene = [], [], defaultdict(list)
+        self.scores, self.gaps = {}, {}  # clip_id -> trained score / no-predictor baseline score
+
+    def add(self, rec, clip):
+        self.pred_cos.append(clip.pred_cos)
+        self.masked_cos.append(clip.masked_cos)
+        self.per_scene[rec["scene"]].append(clip.pred_cos)
+        self.scores[rec["clip_id"]] = jepa.clip_score((1 - clip.pred_cos).tolist(), self.aggregate)
+        self.gaps[rec["clip_id"]] = jepa.clip_score((1 - clip.masked_cos).tolist(), self.aggregate)
+
+    def summary(self):
+        all_pred = torch.cat(self.pred_cos).double()
+        return {"mean_cosine_similarity": all_pred.mean().item(),
+                "std_cosine_similarity": all_pred.std(unbiased=False).item(),
+                "masked_cosine_similarity": torch.cat(self.masked_cos).double().mean().item(),
+                "per_scene": {s: torch.cat(v).double().mean().item() for s, v in sorted(self.per_scene.items())},
+                "num_tubelets": len(all_pred)}
+
+    def ranking(self, labels, k_values):
+        return {"trained": ranking_metrics(self.scores, labels, k_values),
+                "masked_gap": ranking_metrics(self.gaps, labels, k_values),
+                "random": random_baseline(labels, k_values, self.scores)}
+
+
 def main(argv=None):
     args = parse_args(argv)
-    jepa.check_output_writable(args.output)
-    ckpt, cfg, encoder, head, workers = jepa.load_for_scoring(args)
-    records = read_manifest(args.manifest, cfg["data"]["root"], cfg["data"]["tubelet_size"])
+    jepa.check_output(args.output, {"--checkpoint": args.checkpoint, "--manifest": args.manifest,
+                                    "--labels": args.labels})
+    scorer = jepa.load_for_scoring(args)
+    records = read_manifest(args.manifest, scorer.config["data"]["root"], scorer.config["data"]["tubelet_size"])
     check_frames(records, args.manifest)
-    labels = None
-    if args.labels:
-        labels = read_labels(args.labels)
-    ev = cfg["evaluation"]
-    pred_cos, masked_cos, per_scene = [], [], defaultdict(list)
-    scores, gaps = {}, {}
-    dataset = jepa.JEPADataset(records, cfg, encoder.processor)
-    stream = jepa.encode_stream(encoder, dataset, ev["batch_size"], workers)
-    for i, clean_emb, masked_emb, mask_frac, error in tqdm(stream, total=len(records), unit="clip", mininterval=2):
-        rec = records[i]
-        if error:
-            raise jepa.UserError(f"{args.manifest}:{rec['line']}: {error}")
-        cos_pred, cos_masked = jepa.tubelet_cosines(head, clean_emb, masked_emb, mask_frac)
-        pred_cos.append(cos_pred)
-        masked_cos.append(cos_masked)
-        per_scene[rec["scene"]].append(cos_pred)
-        scores[rec["clip_id"]] = jepa.clip_score((1 - cos_pred).tolist(), ev["aggregate"])
-        gaps[rec["clip_id"]] = jepa.clip_score((1 - cos_masked).tolist(), ev["aggregate"])
-    all_pred = torch.cat(pred_cos).double()
-    result = {"metric": ev["metric"],
-              "mean_cosine_similarity": all_pred.mean().item(),
-              "std_cosine_similarity": all_pred.std(unbiased=False).item(),
-              "masked_cosine_similarity": torch.cat(masked_cos).double().mean().item(),
-              "per_scene": {s: torch.cat(v).double().mean().item() for s, v in sorted(per_scene.items())},
-              "num_clips": len(records), "num_tubelets": len(all_pred),
-              "checkpoint": str(args.checkpoint), "encoder": cfg["model"]["encoder_name"],
-              "epoch": ckpt["epoch"], "aggregate": ev["aggregate"]}
+    labels = read_labels(args.labels) if args.labels else None
     if labels is not None:
-        result["ranking"] = {"trained": ranking_metrics(scores, labels, ev["k_values"]),
-                             "masked_gap": ranking_metrics(gaps, labels, ev["k_values"]),
-                             "random": random_baseline(labels, ev["k_values"], scores)}
+        check_label_overlap(labels, records, args.labels, args.manifest)
+    ev = scorer.config["evaluation"]
+    evaluation = Evaluation(ev["aggregate"])
+    for clip in tqdm(scorer.score(records), total=len(records), unit="clip", mininterval=2):
+        if clip.error:
+            raise jepa.UserError(f"{args.manifest}:{records[clip.index]['line']}: {clip.error}")
+        evaluation.add(records[clip.index], clip)
+    result = {**evaluation.summary(), "num_clips": len(records), "checkpoint": str(args.checkpoint),
+              "encoder": scorer.config["model"]["encoder_name"], "epoch": scorer.checkpoint["epoch"],
+              "aggregate": ev["aggregate"]}
+    if labels is not None:
+        result["ranking"] = evaluation.ranking(labels, ev["k_values"])
     jepa.atomic_write_text(args.output, json.dumps(result, indent=2) + "\n")
     print(f"cosine(pred, clean) {result['mean_cosine_similarity']:.4f} +- {result['std_cosine_similarity']:.4f}  "
           f"vs no-predictor cosine(masked, clean) {result['masked_cosine_similarity']:.4f}  "
@@ -167,4 +195,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    jepa.run_cli(main)
+    jepa.run_cli(main, on_interrupt="nothing was written; run the same command again")

@@ -1,36 +1,45 @@
 """Score every clip of a manifest for novelty (1 - cos(predicted, clean), mean or max over its tubelets).
 
 Usage:
-  python infer.py --checkpoint best.pt --manifest fleet.jsonl --output scores.jsonl [--shard I/N] [--overwrite]
+  python infer.py --checkpoint best.pt --manifest fleet.jsonl --output scores.jsonl [--shard I/N|auto] [--overwrite]
   python infer.py --merge shard0.jsonl shard1.jsonl ... --manifest fleet.jsonl --output scores.jsonl
-  make score CKPT=best.pt MANIFEST=fleet.jsonl OUT=scores.jsonl [SHARD=I/N]
+  make score CKPT=best.pt MANIFEST=fleet.jsonl OUT=scores.jsonl [SHARD=I/N|auto]
 
 Writes exactly one JSON line per manifest clip (of the shard), in manifest order, flushed as it goes:
 {"clip_id", "scene", "camera", "first_frame", "score", "tubelet_scores"}; a clip whose frames cannot be read gets
-"score": null and an "error" and the run goes on (exit status 1 at the end). Run the same command again after a
-kill and it keeps the complete lines, drops a torn last line and appends the rest. OUT.meta.json records the
+"score": null and an "error" and the run goes on (exit status 1 at the end). Beside it, OUT.emb.npy holds one
+float32 embedding per line (the mean of the clip's clean tubelet embeddings; NaN for a failed clip), loadable
+without reading it whole: np.load("OUT.emb.npy", mmap_mode="r"). Run the same command again after a kill and
+it keeps the complete lines and rows, drops a torn tail and appends the rest. OUT.meta.json records the
 checkpoint and manifest the lines came from; a mismatching rerun is refused (--overwrite starts over).
+The manifest is validated whole but kept as byte offsets (a 1M-clip manifest costs ~32 MB), and a shard keeps
+only its own clips. --shard auto reads the shard from a Slurm job array or a Kubernetes Indexed Job.
 """
 import argparse
 import hashlib
+import io
 import json
 import os
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 import jepa
-from manifest import manifest_fingerprint, read_manifest
+from manifest import id_hash, scan_manifest
 
-IDENTITY = ("checkpoint_sha256", "manifest_fingerprint", "encoder_fingerprint", "shard", "aggregate")
+IDENTITY = ("checkpoint_sha256", "manifest_fingerprint", "frames_base", "encoder_fingerprint", "shard", "aggregate",
+            "embed_dim")
+SYNC_EVERY_S = 10  # fsync the output this often: a machine crash loses at most this much work
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     jepa.add_scoring_args(p, checkpoint_required=False)
-    p.add_argument("--shard", help="I/N: score only clips at positions I, I+N, I+2N, ... (0 <= I < N)")
+    p.add_argument("--shard", help="I/N: score only clips at positions I, I+N, I+2N, ... (0 <= I < N); auto: "
+                                   "I and N from a Slurm job array or a Kubernetes Indexed Job")
     p.add_argument("--overwrite", action="store_true", help="discard an existing output file and start over")
     p.add_argument("--merge", nargs="+", metavar="SHARD_FILE", help="join shard outputs into manifest order")
     args = p.parse_args(argv)
@@ -39,135 +48,333 @@ def parse_args(argv=None):
     return args
 
 
-def parse_shard(text):
+# ---- shards ----
+
+def parse_shard(text, env=os.environ):
+    """(I, N) of --shard I/N, or of --shard auto from the array job's environment."""
+    if text == "auto":
+        return shard_from_environment(env)
     try:
         i, n = (int(x) for x in text.split("/"))
         assert 0 <= i < n
     except (ValueError, AssertionError):
-        raise jepa.UserError(f"--shard {text}: expected I/N with 0 <= I < N, e.g. --shard 0/4")
+        raise jepa.UserError(f"--shard {text}: expected I/N with 0 <= I < N (e.g. --shard 0/4), or auto")
     return i, n
 
 
-def result_line(rec, tubelet_novelty=None, aggregate="mean", error=None):
-    row = {"clip_id": rec["clip_id"], "scene": rec["scene"], "camera": rec["camera"], "first_frame": rec["frames"][0],
-           "score": None if error else jepa.clip_score(tubelet_novelty, aggregate),
-           "tubelet_scores": [] if error else [round(x, jepa.SCORE_DECIMALS) for x in tubelet_novelty]}
-    if error:
-        row["error"] = error
-    return json.dumps(row) + "\n"
+def shard_from_environment(env):
+    """(I, N) from a Slurm job array (SLURM_ARRAY_TASK_ID with _MIN and _COUNT, or _MAX and _STEP) or a
+    Kubernetes Indexed Job (JOB_COMPLETION_INDEX, with JOB_COMPLETIONS set to the Job's completions)."""
+    try:
+        if "SLURM_ARRAY_TASK_ID" in env:
+            low, step = int(env.get("SLURM_ARRAY_TASK_MIN", 0)), int(env.get("SLURM_ARRAY_TASK_STEP", 1))
+            count = (int(env["SLURM_ARRAY_TASK_COUNT"]) if "SLURM_ARRAY_TASK_COUNT" in env
+                     else (int(env["SLURM_ARRAY_TASK_MAX"]) - low) // step + 1)
+            return parse_shard(f"{(int(env['SLURM_ARRAY_TASK_ID']) - low) // step}/{count}")
+        if "JOB_COMPLETION_INDEX" in env:
+            if "JOB_COMPLETIONS" not in env:
+                raise jepa.UserError("--shard auto: JOB_COMPLETION_INDEX is set but JOB_COMPLETIONS is not; set it "
+                                     "to the Job's spec.completions (see docs/k8s_score_job.yaml)")
+            return parse_shard(f"{int(env['JOB_COMPLETION_INDEX'])}/{int(env['JOB_COMPLETIONS'])}")
+    except (KeyError, ValueError) as e:
+        raise jepa.UserError(f"--shard auto: the array job's environment is incomplete or not numbers ({e})")
+    raise jepa.UserError("--shard auto: not inside a Slurm job array (SLURM_ARRAY_TASK_ID) or a Kubernetes "
+                         "Indexed Job (JOB_COMPLETION_INDEX); pass --shard I/N (SHARD=I/N) instead")
+
+
+# ---- the output: scores lines and embedding rows, kept aligned ----
+
+def emb_header(rows, dim):
+    """The .npy header of a float32 (rows, dim) array: always 128 bytes, since numpy pads it so that axis 0
+    can grow in place; rewriting it after appending rows keeps the file a valid .npy."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": (rows, dim)})
+    return buf.getvalue()
+
+
+HEADER_BYTES = len(emb_header(0, 1))
+
+
+def emb_rows_on_disk(path, dim):
+    """Complete float32 rows of an embeddings file (a torn last row does not count); 0 when there is none."""
+    try:
+        return max(0, (path.stat().st_size - HEADER_BYTES) // (4 * dim))
+    except FileNotFoundError:
+        return 0
+
+
+def result_line(rec, clip, aggregate):
+    row = {"clip_id": rec["clip_id"], "scene": rec["scene"], "camera": rec["camera"],
+           "first_frame": rec["frames"][0]}
+    if clip.error:
+        row.update(score=None, tubelet_scores=[], error=clip.error)
+    else:
+        novelty = (1 - clip.pred_cos).tolist()
+        row.update(score=jepa.clip_score(novelty, aggregate),
+                   tubelet_scores=[round(x, jepa.SCORE_DECIMALS) for x in novelty])
+    return (json.dumps(row) + "\n").encode()
 
 
 def parse_row(line):
     """A scores line as a dict, or {} when it is not a JSON object."""
     try:
         row = json.loads(line)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError):
         return {}
     return row if isinstance(row, dict) else {}
 
 
-def kept_lines(out, meta_path, meta, records):
-    """Complete lines of an earlier run of the same command (torn last line dropped), or refuse a mismatch."""
-    if not out.exists():
-        return []
-    if not meta_path.exists():
-        raise jepa.UserError(f"{out} exists without {meta_path.name}, so its origin is unknown; pass --overwrite "
-                             f"to replace it or choose another --output")
-    old = json.loads(meta_path.read_text())
-    diff = [k for k in IDENTITY if old.get(k) != meta[k]]
-    if diff:
-        raise jepa.UserError(f"{out} was written with another {', '.join(diff)} ({old.get('checkpoint')}, "
-                             f"{old.get('manifest')}); pass --overwrite to start over or choose another --output")
-    text = out.read_bytes().decode("utf-8", errors="replace")
-    lines = text.splitlines(keepends=True)
-    if lines and not lines[-1].endswith("\n"):
-        lines.pop()  # torn by a kill mid-write: scored again below
-    for k, line in enumerate(lines):
-        if k >= len(records) or parse_row(line).get("clip_id") != records[k]["clip_id"]:
-            raise jepa.UserError(f"{out}:{k + 1}: does not match the manifest's clip order; pass --overwrite")
-    return lines
+class ScoresOutput:
+    """OUT (scores JSONL), OUT.emb.npy (one embedding row per line) and OUT.meta.json (where they came from)."""
+
+    def __init__(self, out, embed_dim):
+        self.out, self.dim = Path(out), embed_dim
+        self.emb, self.meta = Path(f"{out}.emb.npy"), Path(f"{out}.meta.json")
+
+    def check_origin(self, meta):
+        """Refuse to continue an output written by another checkpoint, manifest, encoder or shard."""
+        if not self.meta.exists():
+            raise jepa.UserError(f"{self.out} exists without {self.meta.name}, so its origin is unknown; pass "
+                                 f"--overwrite to replace it or choose another --output")
+        try:
+            old = json.loads(self.meta.read_text())
+        except (OSError, ValueError):
+            old = None
+        if not isinstance(old, dict):
+            raise jepa.UserError(f"{self.meta}: corrupt; pass --overwrite to start over")
+        diff = [k for k in IDENTITY if old.get(k) != meta.get(k)]
+        if diff:
+            raise jepa.UserError(f"{self.out} was written with another {', '.join(diff)} ({old.get('checkpoint')}, "
+                                 f"{old.get('manifest')}); pass --overwrite to start over or choose another --output")
+
+    def keep_complete(self, clips):
+        """Cut an earlier run's output back to the lines that are complete, match the clips' order and have
+        their embedding row (a kill may leave a torn line or row, or one more row than lines). Streams the
+        file. Returns (lines kept, failed among them)."""
+        rows = emb_rows_on_disk(self.emb, self.dim)
+        kept, size, failed = 0, 0, 0
+        with open(self.out, "rb") as f:
+            for raw in f:
+                if kept == rows or not raw.endswith(b"\n"):
+                    break  # no embedding row yet, or torn by a kill mid-write: scored again
+                row = parse_row(raw)
+                if kept >= len(clips) or id_hash(str(row.get("clip_id"))) != clips.id_hashes[kept]:
+                    raise jepa.UserError(f"{self.out}:{kept + 1}: does not match the manifest's clip order; "
+                                         f"pass --overwrite")
+                kept, size, failed = kept + 1, size + len(raw), failed + ("error" in row)
+        os.truncate(self.out, size)
+        self._cut_embeddings(kept)
+        return kept, failed
+
+    def start(self, meta, overwrite, clips):
+        """Write the meta file and return (lines already done, failed among them)."""
+        done = (0, 0)
+        if self.out.exists() and not overwrite:
+            self.check_origin(meta)
+            done = self.keep_complete(clips)
+        else:
+            jepa.atomic_write_text(self.out, "")
+            self._cut_embeddings(0)
+        jepa.atomic_write_text(self.meta, json.dumps({k: meta[k] for k in sorted(meta) if meta[k] is not None},
+                                                     indent=1) + "\n")
+        return done
+
+    def _cut_embeddings(self, rows):
+        if not self.emb.exists() or rows == 0:
+            jepa.atomic_write(self.emb, lambda f: f.write(emb_header(0, self.dim)))
+            return
+        os.truncate(self.emb, HEADER_BYTES + rows * 4 * self.dim)
+        with open(self.emb, "r+b") as f:
+            f.write(emb_header(rows, self.dim))
+
+
+def write_scores(output, scorer, clips, done, failed):
+    """Score clips[done:] and append a line and an embedding row per clip as it goes (a kill loses at most the
+    clip being written). Returns the number of failed clips."""
+    todo, aggregate = clips.tail(done), scorer.config["evaluation"]["aggregate"]
+    nan_row = np.full(output.dim, np.nan, dtype="<f4").tobytes()
+    rows, synced = done, time.time()
+    try:
+        with open(output.out, "ab") as lines, open(output.emb, "r+b") as emb:
+            emb.seek(0, os.SEEK_END)
+
+            def sync():
+                lines.flush()
+                emb.seek(0)
+                emb.write(emb_header(rows, output.dim))
+                emb.seek(0, os.SEEK_END)
+                emb.flush()
+                os.fsync(lines.fileno())
+                os.fsync(emb.fileno())
+
+            for clip in tqdm(scorer.score(todo), total=len(todo), unit="clip", mininterval=2, file=sys.stderr):
+                emb.write(nan_row if clip.error else clip.clip_emb.numpy().astype("<f4").tobytes())
+                lines.write(result_line(todo[clip.index], clip, aggregate))
+                emb.flush()
+                lines.flush()
+                rows, failed = rows + 1, failed + bool(clip.error)
+                if time.time() - synced > SYNC_EVERY_S:
+                    sync()
+                    synced = time.time()
+                jepa.kill_hook_for_tests("infer_line", rows)  # test hook: no-op unless JEPA_TEST_KILL_AT is set
+            sync()
+    except OSError as e:
+        raise jepa.UserError(f"cannot write {output.out}: {e.strerror or e}; free space, then rerun the same "
+                             f"command (complete lines are kept)")
+    return failed
 
 
 def score(args):
-    out, meta_path = Path(args.output), Path(args.output + ".meta.json")
-    jepa.check_output_writable(out)
+    out = Path(args.output)
     shard = parse_shard(args.shard) if args.shard else (0, 1)
-    ckpt, cfg, encoder, head, workers = jepa.load_for_scoring(args)
-    records = read_manifest(args.manifest, cfg["data"]["root"], cfg["data"]["tubelet_size"])
-    records = records[shard[0]::shard[1]]
-    ev = cfg["evaluation"]
-    meta = {"checkpoint": str(args.checkpoint), "encoder": cfg["model"]["encoder_name"],
-            "manifest": str(args.manifest), "shard": args.shard, "aggregate": ev["aggregate"],
-            "tubelet_size": cfg["data"]["tubelet_size"],
-            "checkpoint_sha256": hashlib.sha256(Path(args.checkpoint).read_bytes()).hexdigest(),
-            "manifest_fingerprint": manifest_fingerprint(records), "encoder_fingerprint": encoder.fingerprint}
-    lines = [] if args.overwrite else kept_lines(out, meta_path, meta, records)
-    jepa.atomic_write_text(meta_path, json.dumps({k: meta[k] for k in sorted(meta) if k != "shard" or args.shard},
-                                                 indent=1) + "\n")
-    jepa.atomic_write_text(out, "".join(lines))  # the kept lines only (a torn tail is cut)
-    failed = sum("error" in parse_row(ln) for ln in lines)
-    todo = records[len(lines):]
-    if lines:
-        print(f"resuming {out}: {len(lines)} clips already scored, {len(todo)} to go", file=sys.stderr)
-    dataset = jepa.JEPADataset(todo, cfg, encoder.processor)
-    stream = jepa.encode_stream(encoder, dataset, ev["batch_size"], workers)
-    t0, synced = time.time(), time.time()
-    try:
-        with open(out, "a") as f:
-            for i, clean_emb, masked_emb, mask_frac, error in tqdm(stream, total=len(todo), unit="clip",
-                                                                   mininterval=2, file=sys.stderr):
-                if error:
-                    f.write(result_line(todo[i], error=error))
-                    failed += 1
-                else:
-                    cos_pred, _ = jepa.tubelet_cosines(head, clean_emb, masked_emb, mask_frac)
-                    f.write(result_line(todo[i], (1 - cos_pred).tolist(), ev["aggregate"]))
-                f.flush()  # a kill loses at most the line being written
-                if time.time() - synced > 10:
-                    os.fsync(f.fileno())
-                    synced = time.time()
-                jepa.kill_point("infer_line", len(lines) + i + 1)
-            os.fsync(f.fileno())
-    except OSError as e:
-        raise jepa.UserError(f"cannot write {out}: {e.strerror or e}; free space, then rerun the same command "
-                             f"(complete lines are kept)")
-    print(f"scored {len(records) - failed} clips, {failed} failed, in {time.time() - t0:.1f}s -> {out}",
-          file=sys.stderr)
+    jepa.check_output(out, {"--checkpoint": args.checkpoint, "--manifest": args.manifest})
+    target = jepa.output_target(out)
+    with jepa.exclusive_lock(target.with_name(f".{target.name}.lock"), f"{out}"):  # one writer per output
+        return score_locked(args, out, shard)
+
+
+def score_locked(args, out, shard):
+    scorer = jepa.load_for_scoring(args)
+    clips = scan_manifest(args.manifest, scorer.config["data"]["root"], scorer.config["data"]["tubelet_size"],
+                          shard)
+    dim = scorer.encoder.embed_dim
+    jepa.check_output(out, needed_bytes=len(clips) * (512 + 4 * dim))  # a full disk is found before encoding
+    meta = {"checkpoint": str(args.checkpoint), "encoder": scorer.config["model"]["encoder_name"],
+            "manifest": str(args.manifest), "shard": args.shard and f"{shard[0]}/{shard[1]}",
+            "aggregate": scorer.config["evaluation"]["aggregate"],
+            "tubelet_size": scorer.config["data"]["tubelet_size"], "embed_dim": dim, "frames_base": clips.base,
+            "checkpoint_sha256": file_sha256(args.checkpoint), "manifest_fingerprint": clips.fingerprint,
+            "encoder_fingerprint": scorer.encoder.fingerprint}
+    output = ScoresOutput(out, dim)
+    done, failed = output.start(meta, args.overwrite, clips)
+    if done:
+        print(f"resuming {out}: {done} clips already scored, {len(clips) - done} to go", file=sys.stderr)
+    t0 = time.time()
+    failed = write_scores(output, scorer, clips, done, failed)
+    print(f"scored {len(clips) - failed} clips, {failed} failed, in {time.time() - t0:.1f}s -> {out} "
+          f"(+ {output.emb.name})", file=sys.stderr)
     return 1 if failed else 0
 
 
-def merge(args):
-    """Join shard files into manifest order; refuse a missing, duplicated or unknown clip."""
-    records = read_manifest(args.manifest)
-    by_id, metas = {}, []
-    for path in args.merge:
-        if not Path(path).is_file():
+def file_sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ---- merge ----
+
+class ShardReader:
+    """Reads one shard's lines and embedding rows in step, checking each line is complete."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        if not self.path.is_file():
             raise jepa.UserError(f"{path}: shard file not found")
-        for n, line in enumerate(Path(path).read_text().splitlines(keepends=True), 1):
-            if not line.endswith("\n"):
-                raise jepa.UserError(f"{path}:{n}: torn last line; rerun that shard's command to finish it")
-            cid = parse_row(line).get("clip_id")
-            if cid is None:
-                raise jepa.UserError(f"{path}:{n}: not a scores line (a JSON object with a clip_id)")
-            if cid in by_id:
-                raise jepa.UserError(f"{path}:{n}: clip {cid!r} is also in {by_id[cid][0]}")
-            by_id[cid] = (path, line)
-        meta_path = Path(path + ".meta.json")
-        metas.append(json.loads(meta_path.read_text()) if meta_path.exists() else {})
-    unknown = set(by_id) - {r["clip_id"] for r in records}
-    missing = [r["clip_id"] for r in records if r["clip_id"] not in by_id]
-    if unknown or missing:
-        raise jepa.UserError(f"shards do not cover {args.manifest} exactly: {len(missing)} clip(s) missing "
-                             f"{missing[:3]}, {len(unknown)} not in the manifest {sorted(unknown)[:3]}")
-    if len({m.get("checkpoint_sha256") for m in metas}) > 1:
-        raise jepa.UserError("shards were scored with different checkpoints; rescore them with one")
-    jepa.atomic_write_text(args.output, "".join(by_id[r["clip_id"]][1] for r in records))
-    if metas and metas[0]:
-        meta = {k: v for k, v in metas[0].items() if k != "shard"}
-        meta["manifest_fingerprint"] = manifest_fingerprint(records)
-        jepa.atomic_write_text(args.output + ".meta.json", json.dumps(dict(sorted(meta.items())), indent=1) + "\n")
-    failed = sum("error" in parse_row(line) for _, line in by_id.values())
-    print(f"merged {len(args.merge)} shards, {len(records)} clips ({failed} failed) -> {args.output}", file=sys.stderr)
+        meta_path = Path(f"{path}.meta.json")
+        try:
+            self.meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        except (OSError, ValueError):
+            raise jepa.UserError(f"{meta_path}: corrupt; rerun that shard's command with --overwrite")
+        self.dim = self.meta.get("embed_dim")
+        if not isinstance(self.dim, int) or not Path(f"{path}.emb.npy").is_file():
+            raise jepa.UserError(f"{path}: no embeddings file or embed_dim beside it (scored by an older "
+                                 f"version?); rescore that shard")
+        self.lines, self.emb = open(self.path, "rb"), open(f"{path}.emb.npy", "rb")
+        self.emb.seek(HEADER_BYTES)
+        self.number, self.line, self.clip_id = 0, None, None
+
+    def advance(self):
+        """Read the next line; returns its clip_id, or None at the end."""
+        raw = self.lines.readline()
+        self.number += 1
+        if not raw:
+            self.line = self.clip_id = None
+            return None
+        if not raw.endswith(b"\n"):
+            raise jepa.UserError(f"{self.path}:{self.number}: torn last line; rerun that shard's command to "
+                                 f"finish it")
+        self.clip_id = parse_row(raw).get("clip_id")
+        if not isinstance(self.clip_id, str):
+            raise jepa.UserError(f"{self.path}:{self.number}: not a scores line (a JSON object with a clip_id)")
+        self.line = raw
+        return self.clip_id
+
+    def row(self):
+        data = self.emb.read(4 * self.dim)
+        if len(data) != 4 * self.dim:
+            raise jepa.UserError(f"{self.path}.emb.npy: fewer rows than lines; rerun that shard's command")
+        return data
+
+
+def check_same_origin(readers):
+    for key in ("checkpoint_sha256", "embed_dim", "encoder_fingerprint", "aggregate"):
+        if len({json.dumps(r.meta.get(key)) for r in readers}) > 1:
+            raise jepa.UserError(f"shards were scored with different {key.replace('_sha256', 's')}; rescore them "
+                                 f"with one")
+
+
+def interleave(clips, readers, manifest):
+    """Yield (reader) in manifest order: each shard is in manifest order, so the next clip is always at the
+    head of one shard. Refuses a missing, duplicated, out-of-order or unknown clip."""
+    heads = {}  # id_hash of the clip at the head of a shard -> that shard's reader
+
+    def push(reader):
+        cid = reader.advance()
+        if cid is None:
+            return
+        if id_hash(cid) in heads:
+            other = heads[id_hash(cid)]
+            raise jepa.UserError(f"{reader.path}:{reader.number}: clip {cid!r} is also in {other.path}")
+        heads[id_hash(cid)] = reader
+
+    for reader in readers:
+        push(reader)
+    for k in range(len(clips)):
+        reader = heads.pop(int(clips.id_hashes[k]), None)
+        if reader is None:
+            raise jepa.UserError(f"shards do not cover {manifest}: clip {clips[k]['clip_id']!r} (line "
+                                 f"{clips.lines[k]}) is in no shard, or not where manifest order puts it")
+        yield reader
+        push(reader)
+    for reader in heads.values():
+        raise jepa.UserError(f"{reader.path}:{reader.number}: clip {reader.clip_id!r} is not in {manifest} "
+                             f"(or is out of manifest order, or in two shards)")
+
+
+def merge(args):
+    """Join shard files (lines and embedding rows) into manifest order, streaming: nothing is held whole."""
+    out = Path(args.output)
+    jepa.check_output(out, {"--manifest": args.manifest, **{f"shard {p}": p for p in args.merge}})
+    target = jepa.output_target(out)
+    with jepa.exclusive_lock(target.with_name(f".{target.name}.lock"), f"{out}"):
+        return merge_locked(args, out)
+
+
+def merge_locked(args, out):
+    readers = [ShardReader(p) for p in args.merge]
+    check_same_origin(readers)
+    clips = scan_manifest(args.manifest, tubelet_size=readers[0].meta.get("tubelet_size", 1))
+    dim, failed = readers[0].dim, 0
+
+    def write_both(lines):  # the rows file is complete (and replaced) before the lines file is
+        def write_rows(emb):
+            nonlocal failed
+            emb.write(emb_header(len(clips), dim))
+            for reader in interleave(clips, readers, args.manifest):
+                lines.write(reader.line)
+                emb.write(reader.row())
+                failed += "error" in parse_row(reader.line)
+        jepa.atomic_write(f"{out}.emb.npy", write_rows)
+
+    jepa.atomic_write(out, write_both)
+    meta = {k: v for k, v in readers[0].meta.items() if k != "shard"}
+    meta["manifest_fingerprint"] = clips.fingerprint
+    jepa.atomic_write_text(f"{out}.meta.json", json.dumps(dict(sorted(meta.items())), indent=1) + "\n")
+    print(f"merged {len(readers)} shards, {len(clips)} clips ({failed} failed) -> {out} (+ {out.name}.emb.npy)",
+          file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -177,4 +384,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    jepa.run_cli(main)
+    jepa.run_cli(main, on_interrupt="complete lines are kept; run the same command again to continue")

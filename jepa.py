@@ -1,21 +1,34 @@
-"""jepa-clips core: config, manifests, masking, dataset, V-JEPA 2 encoder, predictor head, loss,
-streaming encoder loop, training engine and checkpoints. The entry scripts (train.py, eval.py,
-infer.py) are thin wrappers around what is here.
+"""jepa-clips core, in the order the data flows:
 
-Shapes: a tubelet is T=data.tubelet_size frames of S=data.image_size pixels, uint8 (T, 3, S, S);
-an embedding is D floats (D = the encoder's hidden_size, 1024 for ViT-L).
+  1. frames and masking     a frame file -> uint8 pixels; a tubelet -> its seeded masked copy
+  2. dataset and loader     a clip -> slices of at most SLICE_TUBELETS (clean, masked) tubelets, decoded in workers
+  3. encoder                frozen V-JEPA 2: processed pixels -> one embedding per tubelet
+  4. predictor head, loss   masked_emb + mask_frac -> predicted clean_emb; L1 on L2-normalised embeddings
+  5. streaming encode       slices of many clips -> encoder batches -> per-clip embeddings, in order
+  6. training and scoring   one epoch over encoded features; one scoring loop shared by eval.py and infer.py
+  7. checkpoints            save / load / rebuild the head, pair it with its encoder
+then the plumbing every entry script shares: 8. config, 9. files and locks, 10. RNG state, 11. command line.
+
+Shapes: a tubelet is T=data.tubelet_size frames of S=data.image_size pixels, uint8 (T, 3, S, S) before the
+encoder's video processor and float (T, 3, S', S') after it; an embedding is D floats (D = the encoder's
+hidden_size, 1024 for ViT-L). Manifests (reading, validating, building) live in manifest.py.
 """
+import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import os
 import random
-import re
 import signal
-import socket
+import stat
 import sys
 import threading
+import urllib.error
+import urllib.request
 from collections import deque
 from pathlib import Path
+from typing import NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -27,45 +40,631 @@ from PIL import Image
 CONFIG_PATH = Path(__file__).with_name("config.yaml")
 FORMAT_VERSION = 1  # checkpoint format; bump when its keys change meaning
 SCORE_DECIMALS = 6  # scores are rounded so re-runs, resumes and shards give byte-identical files
+SLICE_TUBELETS = 8  # tubelets decoded at once per clip: memory stays flat however long a clip is
 
 
-# ---- errors and entry points ----
+# ==================================================================================================
+# 1. frames and masking
+# ==================================================================================================
 
-class UserError(Exception):
-    """Bad input or environment: printed as `error: ...` lines without a traceback; exit status `code`."""
+def special_file_problem(path):
+    """Why `path` cannot be a frame, found without opening it (opening a FIFO blocks forever), or None.
 
-    def __init__(self, message, code=2):
-        super().__init__(message)
-        self.code = code
-
-
-def run_cli(main):
-    """Run an entry script's main(); user errors become one line per problem, internal errors keep their traceback."""
+    Only regular files (or links to one) are frames: not folders, named pipes, sockets or device nodes."""
     try:
-        sys.exit(main() or 0)
-    except UserError as e:
-        for line in str(e).splitlines():
-            print(f"error: {line}", file=sys.stderr)
-        sys.exit(e.code)
-    except KeyboardInterrupt:
-        print("interrupted: run the same command with --resume to continue", file=sys.stderr)
-        sys.exit(130)
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "file not found"
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e})"
+    if stat.S_ISREG(mode):
+        return None
+    kinds = [(stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")]
+    return "not a regular file but " + next((name for is_kind, name in kinds if is_kind(mode)), "a special file")
 
 
-def kill_point(name, count=None):
-    """Test hook: JEPA_TEST_KILL_AT=name[:count] SIGKILLs this process here, to prove crash safety."""
-    spec = os.environ.get("JEPA_TEST_KILL_AT", "")
-    want, _, at = spec.partition(":")
-    if want == name and (not at or str(count) == at):
-        os.kill(os.getpid(), signal.SIGKILL)
+def _to_8bit(im):
+    """16/32-bit integer and 32-bit float grey images scaled to 8 bits (convert("RGB") would clip them)."""
+    if im.mode not in ("I;16", "I;16B", "I;16L", "I", "F"):
+        return im
+    arr = np.asarray(im, dtype=np.float64)
+    if im.mode == "F" and np.nanmax(arr, initial=0.0) <= 1.0:
+        arr = arr * 255.0  # float images hold 0..1
+    elif arr.max(initial=0) > 255:
+        arr = arr / 256.0
+    return Image.fromarray(np.clip(np.nan_to_num(arr), 0, 255).astype(np.uint8))
 
 
-# ---- config ----
+def load_frame(path, size):
+    """PIL open -> RGB -> BICUBIC resize to size x size -> uint8 array (size, size, 3).
 
-NAMED_FLAGS = {"lr": "training.lr", "epochs": "training.epochs", "batch_size": "training.batch_size",
-               "seed": "seed", "encoder": "model.encoder_name", "data_root": "data.root"}
+    No EXIF transpose (the research pipeline had none; `make check` warns about rotated frames). Raises OSError
+    for anything that is not a regular file, without opening it."""
+    problem = special_file_problem(path)
+    if problem:
+        raise OSError(problem)
+    with Image.open(path) as im:
+        im.load()
+        rgb = _to_8bit(im).convert("RGB").resize((size, size), Image.BICUBIC)
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def tubelet_seed(seed, clip_id, index):
+    """Stable 64-bit seed for one tubelet's mask: same on every machine, order and batch size.
+
+    The clip_id is part of it, so a clip's ids must be stable (manifest.py derives a missing one from the
+    clip's own content)."""
+    digest = hashlib.sha256(f"{seed}|{clip_id}|{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def mask_tubelet(tubelet, mask_ratio, patch_size, seed):
+    """Zero k = round(mask_ratio * count) random (t, h, w) patches of a uint8 tubelet (T, H, W, 3).
+
+    Returns (masked tubelet, bool mask (T, H/patch, W/patch))."""
+    t, h, w = tubelet.shape[0], tubelet.shape[1] // patch_size, tubelet.shape[2] // patch_size
+    count = t * h * w
+    chosen = np.random.default_rng(seed).permutation(count)[:round(mask_ratio * count)]
+    mask = np.zeros(count, dtype=bool)
+    mask[chosen] = True
+    mask = mask.reshape(t, h, w)
+    pixel_mask = mask.repeat(patch_size, axis=1).repeat(patch_size, axis=2)
+    masked = tubelet.copy()
+    masked[pixel_mask] = 0
+    return masked, mask
+
+
+class MaskTubelet:
+    """Callable form of mask_tubelet with the config's ratio, patch size and seed."""
+
+    def __init__(self, mask_ratio=0.75, patch_size=16, seed=0):
+        self.mask_ratio, self.patch_size, self.seed = mask_ratio, patch_size, seed
+
+    def __call__(self, tubelet, clip_id, index):
+        return mask_tubelet(tubelet, self.mask_ratio, self.patch_size, tubelet_seed(self.seed, clip_id, index))
+
+
+# ==================================================================================================
+# 2. dataset and loader
+# ==================================================================================================
+
+class TubeletSlice(NamedTuple):
+    """One loader item: tubelets [start, start + n) of clip `clip_index`, n <= SLICE_TUBELETS."""
+    clip_index: int
+    start: int
+    is_last: bool                        # the clip's last slice
+    clean: Optional[torch.Tensor]        # (n, T, 3, S', S') processed pixels; uint8 (n, T, 3, S, S) unprocessed
+    masked: Optional[torch.Tensor]       # same shape: the seeded masked copies
+    mask_frac: Optional[torch.Tensor]    # (n,) fraction of each tubelet's patches masked
+    error: Optional[str]                 # why a frame could not be read (then the tensors are None)
+
+
+class JEPADataset(torch.utils.data.Dataset):
+    """Slices of clips, in order: each clip is cut into non-overlapping tubelets (a trailing remainder of
+    frames is dropped), tubelets are grouped SLICE_TUBELETS at a time, and each slice's frames are decoded once,
+    so a worker never holds more than one slice of a long clip. Every tubelet gets its own seeded mask.
+
+    `clips`: a list of manifest records, or manifest.ClipIndex (which parses a line only when asked and knows
+    every clip's frame count)."""
+
+    def __init__(self, clips, cfg, processor=None, slice_tubelets=SLICE_TUBELETS):
+        d = cfg["data"]
+        self.clips, self.processor, self.slice_tubelets = clips, processor, slice_tubelets
+        self.size, self.tubelet_size = d["image_size"], d["tubelet_size"]
+        self.masker = MaskTubelet(d["mask_ratio"], d["patch_size"], cfg["seed"])
+        frames = getattr(clips, "frame_counts", None)
+        frames = np.asarray([len(c["frames"]) for c in clips] if frames is None else frames, dtype=np.int64)
+        self.tubelets = frames // self.tubelet_size  # (clips,) tubelets per clip
+        self.slice_ends = np.cumsum(-(-self.tubelets // slice_tubelets))  # slices of clips 0..i together
+
+    def __len__(self):
+        return int(self.slice_ends[-1]) if len(self.slice_ends) else 0
+
+    def __getitem__(self, j):
+        i = int(np.searchsorted(self.slice_ends, j, side="right"))
+        start = (j - (int(self.slice_ends[i - 1]) if i else 0)) * self.slice_tubelets
+        stop = min(start + self.slice_tubelets, int(self.tubelets[i]))
+        clip, t = self.clips[i], self.tubelet_size
+        frames = []
+        for path in clip["frames"][start * t:stop * t]:  # each frame decoded once, shared by its tubelet
+            try:
+                frames.append(load_frame(path, self.size))
+            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+                return TubeletSlice(i, start, bool(stop == self.tubelets[i]), None, None, None,
+                                    f"frame {path}: not readable ({e})")
+        tubelets = np.stack(frames).reshape(stop - start, t, *frames[0].shape)
+        masked, frac = [], []
+        for k, tub in enumerate(tubelets, start):
+            masked_tub, mask = self.masker(tub, clip["clip_id"], k)
+            masked.append(masked_tub)
+            frac.append(mask.mean())
+        # (n, T, H, W, 3) -> (n, T, 3, H, W), the layout the video processor and the encoder take
+        clean = torch.from_numpy(tubelets).permute(0, 1, 4, 2, 3)
+        masked = torch.from_numpy(np.stack(masked)).permute(0, 1, 4, 2, 3)
+        if self.processor is not None:
+            both = self.processor(list(torch.cat([clean, masked])), return_tensors="pt")["pixel_values_videos"]
+            clean, masked = both[:len(clean)], both[len(clean):]
+        return TubeletSlice(i, start, bool(stop == self.tubelets[i]), clean, masked,
+                            torch.tensor(frac, dtype=torch.float32), None)
+
+
+def num_workers(cfg, device):
+    """data.num_workers, or when null: enough to feed a GPU; on a CPU one, so decoding does not starve the
+    encoder of cores."""
+    if cfg["data"]["num_workers"] is not None:
+        return cfg["data"]["num_workers"]
+    cpus = os.cpu_count() or 1
+    return min(16, cpus - 1) if device.type == "cuda" else (1 if cpus >= 2 else 0)
+
+
+def _worker_init(_):
+    torch.set_num_threads(1)  # workers decode and resize; the main process's threads belong to the encoder
+
+
+def make_loader(dataset, workers):
+    """Ordered, prefetch-bounded loader of slices (batch_size=None: one TubeletSlice per item)."""
+    extra = {"prefetch_factor": 2, "worker_init_fn": _worker_init} if workers > 0 else {}
+    return torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers, **extra)
+
+
+# ==================================================================================================
+# 3. encoder
+# ==================================================================================================
+
+def resolve_device(name="auto"):
+    """auto -> CUDA, then Apple MPS, then CPU; a named device that is not there is a UserError."""
+    mps = getattr(torch.backends, "mps", None)
+    has_mps = mps is not None and mps.is_available()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
+    if name not in ("cpu", "cuda", "mps"):
+        raise UserError(f"--device {name}: expected auto, cpu, cuda or mps")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA GPU visible to PyTorch (use --device cpu or auto)")
+    if name == "mps" and not has_mps:
+        raise UserError("--device mps: Apple MPS is not available here (use --device cpu or auto)")
+    return torch.device(name)
+
+
+def hub_reachable(timeout=3.0):
+    """True when the hub answers one HTTP request within `timeout` s, so offline runs fail fast instead of
+    waiting out the hub client's retries. Goes to HF_ENDPOINT when set and through the proxies in
+    HTTPS_PROXY / HTTP_PROXY / NO_PROXY (urllib reads them as the hub client does); any HTTP status counts."""
+    url = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/") + "/api/models"
+    answered = []
+
+    def probe():
+        try:
+            urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
+            answered.append(True)
+        except urllib.error.HTTPError:  # 401, 404, ...: the hub (or proxy) answered
+            answered.append(True)
+        except (OSError, ValueError):  # no route, no DNS, refused, timed out, malformed HF_ENDPOINT
+            pass
+
+    thread = threading.Thread(target=probe, daemon=True)  # a join timeout bounds even a slow DNS lookup
+    thread.start()
+    thread.join(timeout + 1)
+    return bool(answered)
+
+
+def load_encoder_parts(name):
+    """(model, processor) of a V-JEPA 2 hub id or local snapshot folder, or a UserError saying what to do."""
+    from transformers import AutoConfig, AutoModel, AutoVideoProcessor
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()  # our own progress bars are the ones that matter
+    hint = ("download a snapshot on a connected machine (hf download facebook/vjepa2-vitl-fpc64-256 "
+            "--local-dir DIR) and pass ENCODER=DIR (--encoder DIR)")
+    is_dir = os.path.isdir(name)
+    if not is_dir and (name.startswith((".", "/", "~")) or name.count("/") != 1):
+        raise UserError(f"encoder {name!r}: no such folder and not a hub id (org/name); {hint}")
+    if is_dir and not os.path.isfile(os.path.join(name, "config.json")):
+        raise UserError(f"encoder folder {name!r} has no config.json: not a Hugging Face model snapshot; {hint}")
+    auto = (AutoConfig, AutoModel, AutoVideoProcessor)
+    if not is_dir:
+        try:  # the hub cache first: works offline without waiting for the hub client's retries
+            return _load_checked(name, *auto, local_files_only=True)
+        except OSError:
+            pass
+        if os.environ.get("HF_HUB_OFFLINE") == "1" or not hub_reachable():
+            raise UserError(f"encoder {name!r}: not a local folder, not in the Hugging Face cache, and the hub "
+                            f"is unreachable; {hint} (HF_ENDPOINT and HTTPS_PROXY are honoured)")
+    try:
+        return _load_checked(name, *auto)
+    except (OSError, ValueError) as e:
+        what = "folder" if is_dir else "hub id"
+        raise UserError(f"encoder {what} {name!r} could not be loaded ({str(e).splitlines()[0]}); {hint}")
+
+
+def _load_checked(name, AutoConfig, AutoModel, AutoVideoProcessor, **kwargs):
+    kwargs["trust_remote_code"] = False  # a snapshot never runs its own code here
+    config = AutoConfig.from_pretrained(name, **kwargs)
+    if config.model_type != "vjepa2":
+        raise UserError(f"encoder {name!r} is a {config.model_type!r} model, not V-JEPA 2 (model_type vjepa2)")
+    model = AutoModel.from_pretrained(name, config=config, **kwargs)
+    return model, AutoVideoProcessor.from_pretrained(name, **kwargs)
+
+
+class VJEPAEncoder(nn.Module):
+    """Frozen V-JEPA 2 encoder: processed pixels (B, T, 3, S', S') -> mean-pooled embedding (B, D).
+
+    Uses get_vision_features (the encoder alone), never the HF model's forward with its own predictor."""
+
+    def __init__(self, name_or_dir, device="cpu"):
+        super().__init__()
+        self.name = name_or_dir
+        self.model, self.processor = load_encoder_parts(name_or_dir)
+        self.model.requires_grad_(False).eval().to(device)
+        self.device = torch.device(device)
+        self.embed_dim = self.model.config.hidden_size  # D: the one source of the embedding size
+        self._fingerprint = None
+
+    def train(self, mode=True):  # frozen: stays in eval mode whatever the parent module does
+        return super().train(False)
+
+    def process(self, videos):
+        """uint8 (B, T, 3, H, W) -> the encoder's own video processor -> float (B, T, 3, S', S')."""
+        return self.processor(list(videos), return_tensors="pt")["pixel_values_videos"]
+
+    def forward(self, pixel_values):
+        with torch.inference_mode():
+            tokens = self.model.get_vision_features(pixel_values.to(self.device, non_blocking=True))
+            emb = tokens.mean(dim=1)
+        return emb.clone()  # a normal tensor again, usable by autograd outside inference mode
+
+    @property
+    def fingerprint(self):
+        """Identity of the weights and preprocessing: same for a hub id and its local snapshot."""
+        if self._fingerprint is None:
+            conf = {k: v for k, v in self.model.config.to_dict().items()
+                    if k not in ("_name_or_path", "transformers_version", "dtype", "torch_dtype")}
+            proc = {k: getattr(self.processor, k, None) for k in ("crop_size", "size", "image_mean", "image_std")}
+            h = hashlib.sha256(json.dumps([conf, proc], sort_keys=True, default=str).encode())
+            encoder = self.model.encoder
+            for p in (encoder.embeddings.patch_embeddings.proj.weight, encoder.layernorm.weight):
+                h.update(p.detach().float().cpu().numpy().tobytes())
+            self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint
+
+
+# ==================================================================================================
+# 4. predictor head and loss
+# ==================================================================================================
+
+class PredictorHead(nn.Module):
+    """(masked_emb (B, D), mask_frac (B,)) -> predicted clean embedding (B, D).
+
+    LayerNorm(D) -> concat mask_frac -> Linear(D+1, H) -> GELU -> Dropout -> Linear(H, D), as in the research."""
+
+    def __init__(self, embed_dim, hidden_dim=1024, dropout=0.1):
+        super().__init__()
+        self.norm = nn.LayerNorm(embed_dim)
+        self.mlp = nn.Sequential(nn.Linear(embed_dim + 1, hidden_dim), nn.GELU(), nn.Dropout(dropout),
+                                 nn.Linear(hidden_dim, embed_dim))
+
+    def forward(self, masked_emb, mask_frac):
+        return self.mlp(torch.cat([self.norm(masked_emb), mask_frac.unsqueeze(1).to(masked_emb.dtype)], dim=1))
+
+
+def jepa_loss(pred_emb, clean_emb):
+    """L1 between L2-normalised predicted and clean embeddings."""
+    return F.l1_loss(F.normalize(pred_emb, dim=1), F.normalize(clean_emb, dim=1))
+
+
+def compute_cosine_similarity(a, b):
+    """Row-wise cosine similarity of (B, D) x (B, D) -> (B,)."""
+    return F.cosine_similarity(a, b, dim=1)
+
+
+# ==================================================================================================
+# 5. streaming encode
+# ==================================================================================================
+
+class ClipEmbeddings(NamedTuple):
+    """encode_stream's record for one clip."""
+    index: int                            # position of the clip in the dataset's clips
+    clean_emb: Optional[torch.Tensor]     # (N, D) one per tubelet
+    masked_emb: Optional[torch.Tensor]    # (N, D)
+    mask_frac: Optional[torch.Tensor]     # (N,)
+    error: Optional[str]                  # why the clip could not be read (then the tensors are None)
+
+
+class _EncodeQueue:
+    """encode_stream's state. Slices wait in loader order; their pixels queue up across clips and are encoded
+    `n` tubelets at a time; embeddings go back to their slices in the same order, and a clip leaves once its
+    last slice has all of its embeddings."""
+
+    def __init__(self, encoder):
+        self.encoder = encoder
+        self.slices = deque()  # TubeletSlice items whose embeddings are not all handed out yet
+        self.pixels = []       # [(clean, masked)] pixel tensors not encoded yet, in order
+        self.pending = 0       # tubelets in self.pixels
+        self.embs = []         # [(clean_emb, masked_emb)] encoded and not handed out, in order
+        self.encoded = 0       # tubelets in self.embs
+        self.clip_parts = []   # (slice, clean_emb, masked_emb) of the clip being completed
+
+    def add(self, item):
+        self.slices.append(item)
+        if item.error is None:
+            self.pixels.append((item.clean, item.masked))
+            self.pending += len(item.mask_frac)
+
+    def encode(self, n):
+        """Encode the next n pending tubelets, clean and masked views in one encoder call."""
+        clean, masked = torch.cat([c for c, _ in self.pixels]), torch.cat([m for _, m in self.pixels])
+        emb = self.encoder(torch.cat([clean[:n], masked[:n]])).cpu()
+        self.embs.append((emb[:n], emb[n:]))
+        self.pixels = [(clean[n:], masked[n:])] if n < len(clean) else []
+        self.pending -= n
+        self.encoded += n
+
+    def _take(self, n):
+        clean, masked = torch.cat([c for c, _ in self.embs]), torch.cat([m for _, m in self.embs])
+        self.embs = [(clean[n:], masked[n:])] if n < len(clean) else []
+        self.encoded -= n
+        return clean[:n], masked[:n]
+
+    def finished_clips(self):
+        """Yield a ClipEmbeddings for every clip at the head of the queue that is complete."""
+        while self.slices:
+            item = self.slices[0]
+            need = 0 if item.error else len(item.mask_frac)
+            if need > self.encoded:
+                return
+            self.slices.popleft()
+            self.clip_parts.append((item, *(self._take(need) if need else (None, None))))
+            if item.is_last:
+                yield self._clip_record()
+
+    def _clip_record(self):
+        parts, self.clip_parts = self.clip_parts, []
+        index, error = parts[0][0].clip_index, next((p[0].error for p in parts if p[0].error), None)
+        if error:
+            return ClipEmbeddings(index, None, None, None, error)
+        return ClipEmbeddings(index, torch.cat([p[1] for p in parts]), torch.cat([p[2] for p in parts]),
+                              torch.cat([p[0].mask_frac for p in parts]), None)
+
+
+def encode_stream(encoder, dataset, batch_size, num_workers, flush_every=None):
+    """Encode every clip of a JEPADataset in order, batching tubelets across clips: yields ClipEmbeddings.
+
+    Every `flush_every` clips a partial batch is encoded, so batches never straddle those boundaries (a run
+    resumed at one sees exactly the same batches). Memory stays bounded: the loader prefetches a few slices,
+    and fewer than batch_size + SLICE_TUBELETS tubelets of pixels wait here."""
+    queue = _EncodeQueue(encoder)
+    clips_loaded = 0
+    for item in make_loader(dataset, num_workers):
+        queue.add(item)
+        while queue.pending >= batch_size:
+            queue.encode(batch_size)
+        clips_loaded += item.is_last
+        if item.is_last and flush_every and clips_loaded % flush_every == 0 and queue.pending:
+            queue.encode(queue.pending)
+        yield from queue.finished_clips()
+    if queue.pending:
+        queue.encode(queue.pending)
+    yield from queue.finished_clips()
+
+
+# ==================================================================================================
+# 6. training and scoring
+# ==================================================================================================
+
+class TubeletFeatures(NamedTuple):
+    """Encoded (clean, masked) tubelet pairs the head trains on, one row per tubelet."""
+    clean_emb: torch.Tensor   # (N, D)
+    masked_emb: torch.Tensor  # (N, D)
+    mask_frac: torch.Tensor   # (N,)
+
+    @classmethod
+    def cat(cls, parts):
+        """Rows of several TubeletFeatures in order (empty tensors for none)."""
+        if not parts:
+            return cls(torch.empty(0), torch.empty(0), torch.empty(0))
+        return cls(*(torch.cat(column) for column in zip(*parts)))
+
+    def to(self, device):
+        return TubeletFeatures(*(t.to(device) for t in self))
+
+
+def train_epoch(head, optimizer, features, batch_size, generator, epoch):
+    """One shuffled pass over TubeletFeatures; returns the mean loss.
+
+    Raises FloatingPointError naming the epoch and batch when the loss stops being finite."""
+    head.train()
+    n = len(features.clean_emb)
+    order = torch.randperm(n, generator=generator)
+    total = 0.0
+    for batch, start in enumerate(range(0, n, batch_size)):
+        idx = order[start:start + batch_size]
+        pred_emb = head(features.masked_emb[idx], features.mask_frac[idx])
+        loss = jepa_loss(pred_emb, features.clean_emb[idx])
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch}, batch {batch}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * len(idx)
+    return total / n
+
+
+@torch.no_grad()
+def validate_epoch(head, features, batch_size):
+    """Mean loss over TubeletFeatures in eval mode (no dropout); None when there are none."""
+    n = len(features.clean_emb)
+    if n == 0:
+        return None
+    head.eval()
+    total = 0.0
+    for start in range(0, n, batch_size):
+        rows = slice(start, start + batch_size)
+        pred_emb = head(features.masked_emb[rows], features.mask_frac[rows])
+        total += jepa_loss(pred_emb, features.clean_emb[rows]).item() * len(pred_emb)
+    return total / n
+
+
+@torch.no_grad()
+def tubelet_cosines(head, clean_emb, masked_emb, mask_frac):
+    """(cos(pred, clean), cos(masked, clean)) per tubelet, head in eval mode; each (N,)."""
+    head.eval()
+    dev = next(head.parameters()).device
+    clean_emb, masked_emb = clean_emb.to(dev), masked_emb.to(dev)
+    pred_emb = head(masked_emb, mask_frac.to(dev))
+    return (compute_cosine_similarity(pred_emb, clean_emb).cpu(),
+            compute_cosine_similarity(masked_emb, clean_emb).cpu())
+
+
+class ClipScore(NamedTuple):
+    """score_clips' record for one clip."""
+    index: int                          # position of the clip in the scored clips
+    pred_cos: Optional[torch.Tensor]    # (N,) cos(predicted, clean) per tubelet; novelty is 1 - this
+    masked_cos: Optional[torch.Tensor]  # (N,) cos(masked, clean): the no-predictor baseline
+    clip_emb: Optional[torch.Tensor]    # (D,) mean of the clip's clean tubelet embeddings
+    error: Optional[str]                # why the clip could not be read (then the tensors are None)
+
+
+def score_clips(encoder, head, clips, cfg, workers):
+    """The scoring loop eval.py and infer.py share: encode `clips` in order (batched across clips) and compare
+    the head's prediction with each tubelet's clean embedding. Yields one ClipScore per clip, in order."""
+    dataset = JEPADataset(clips, cfg, encoder.processor)
+    for clip in encode_stream(encoder, dataset, cfg["evaluation"]["batch_size"], workers):
+        if clip.error:
+            yield ClipScore(clip.index, None, None, None, clip.error)
+            continue
+        pred_cos, masked_cos = tubelet_cosines(head, clip.clean_emb, clip.masked_emb, clip.mask_frac)
+        yield ClipScore(clip.index, pred_cos, masked_cos, clip.clean_emb.mean(dim=0), None)
+
+
+def clip_score(novelty, aggregate):
+    """A clip's score from its tubelets' novelty (1 - cos): mean or max, rounded for stable files."""
+    value = max(novelty) if aggregate == "max" else sum(novelty) / len(novelty)
+    return round(float(value), SCORE_DECIMALS)
+
+
+# ==================================================================================================
+# 7. checkpoints
+# ==================================================================================================
+
+def save_checkpoint(path, head, optimizer, epoch, config, best_metric, **extra):
+    """Atomically save the predictor head and everything needed to rebuild and resume it (plain types only)."""
+    ckpt = {"format_version": FORMAT_VERSION, "model_state": head.state_dict(),
+            "optimizer_state": optimizer.state_dict() if optimizer is not None else None,
+            "epoch": epoch, "config": config, "best_metric": best_metric, **extra}
+    atomic_write(path, lambda f: torch.save(ckpt, f))
+
+
+CHECKPOINT_TYPES = {"format_version": int, "model_state": dict, "epoch": int, "config": dict,
+                    "encoder_name": str, "encoder_fingerprint": str, "embed_dim": int}
+
+
+def load_checkpoint(path):
+    """Load a checkpoint with torch.load(weights_only=True) only: a file whose unpickling would run code is
+    refused, and so is one whose keys are missing or of the wrong type."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found (pass CKPT=experiments/RUN/best.pt)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # UnpicklingError for unsafe pickles, RuntimeError/EOFError for torn or foreign files
+        raise UserError(f"{path}: not a jepa-clips checkpoint (or one that would run code); refusing to load it")
+    wrong = [k for k, kind in CHECKPOINT_TYPES.items()
+             if not isinstance(ckpt, dict) or not isinstance(ckpt.get(k), kind) or isinstance(ckpt.get(k), bool)]
+    if wrong:
+        raise UserError(f"{path}: not a jepa-clips checkpoint ({', '.join(wrong)} missing or malformed)")
+    if ckpt["format_version"] > FORMAT_VERSION:
+        raise UserError(f"{path}: checkpoint format {ckpt['format_version']} is newer than this code "
+                        f"({FORMAT_VERSION}); update jepa-clips")
+    return ckpt
+
+
+def head_from_checkpoint(ckpt, path, device="cpu"):
+    """Rebuild the PredictorHead a checkpoint was saved from and load its weights."""
+    try:
+        m = load_config(base=ckpt["config"])["model"]
+        head = PredictorHead(ckpt["embed_dim"], m["predictor_hidden_dim"], m["predictor_dropout"])
+        head.load_state_dict(ckpt["model_state"])
+    except (RuntimeError, ValueError, TypeError, KeyError) as e:
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path}: its weights do not fit the head its config describes ({first}); "
+                        f"not a usable jepa-clips checkpoint")
+    return head.to(device).eval()
+
+
+def check_encoder_matches(ckpt, encoder, ckpt_path):
+    """Refuse to pair a head with an encoder other than the one it was trained on."""
+    if ckpt["embed_dim"] != encoder.embed_dim:
+        raise UserError(f"{ckpt_path}: head expects {ckpt['embed_dim']}-d embeddings but encoder {encoder.name!r} "
+                        f"gives {encoder.embed_dim}-d; pass the training encoder ({ckpt['encoder_name']!r}) "
+                        f"with --encoder/ENCODER=")
+    if ckpt["encoder_fingerprint"] != encoder.fingerprint:
+        raise UserError(f"{ckpt_path}: trained on encoder {ckpt['encoder_name']!r} (fingerprint "
+                        f"{ckpt['encoder_fingerprint']}), but {encoder.name!r} has fingerprint "
+                        f"{encoder.fingerprint}; pass the training encoder with --encoder/ENCODER=")
+
+
+class Scorer(NamedTuple):
+    """What eval.py and infer.py score with: a trained head paired with its own encoder and config."""
+    checkpoint: dict
+    config: dict
+    encoder: "VJEPAEncoder"
+    head: PredictorHead
+    workers: int
+
+    def score(self, clips):
+        """score_clips over `clips` with this head, encoder and config: yields ClipScore."""
+        return score_clips(self.encoder, self.head, clips, self.config, self.workers)
+
+
+def load_for_scoring(args):
+    """A Scorer for eval.py/infer.py: the training config, of which only MAY_CHANGE["scoring"] keys may be
+    overridden (masks must match training), and the encoder checked against the one the head was trained on."""
+    ckpt = load_checkpoint(args.checkpoint)
+    cfg = load_config(None, args.set, base=ckpt["config"], **config_flags(args))
+    refuse_changes(ckpt["config"], cfg, "scoring", f"the training config of {args.checkpoint}",
+                   "masks and features must match training, so only "
+                   f"{', '.join(MAY_CHANGE['scoring'])}* may differ")
+    device = resolve_device(args.device)
+    encoder = VJEPAEncoder(cfg["model"]["encoder_name"], device)
+    check_encoder_matches(ckpt, encoder, args.checkpoint)
+    head = head_from_checkpoint(ckpt, args.checkpoint, device)
+    return Scorer(ckpt, cfg, encoder, head, num_workers(cfg, device))
+
+
+# ==================================================================================================
+# 8. config
+# ==================================================================================================
+
+# the named flags, each a shortcut for one config key: (key, type, help); --set reaches every other key
+CONFIG_FLAGS = {
+    "encoder": ("model.encoder_name", str, "V-JEPA 2 hub id or local snapshot folder"),
+    "data_root": ("data.root", str, "folder relative frame paths resolve against (default: the manifest's)"),
+    "lr": ("training.lr", float, "AdamW learning rate"),
+    "epochs": ("training.epochs", int, "total epochs (with --resume, training continues up to this number)"),
+    "batch_size": ("training.batch_size", int, "predictor-head batch size"),
+    "seed": ("seed", int, "seeds the split, the masks, the head's init and the shuffling"),
+}
+# config keys (or key prefixes) a command may change relative to the run it continues or scores
+MAY_CHANGE = {
+    # model.encoder_name may be spelled differently (hub id vs snapshot, relative vs absolute path): the
+    # encoder's weights fingerprint is checked separately, so another encoder is still refused
+    "resume": ("training.epochs", "data.num_workers", "training.encode_batch_size", "model.encoder_name"),
+    "scoring": ("data.root", "data.num_workers", "model.encoder_name", "evaluation."),
+}
 NULLABLE = {"data.root": str, "data.num_workers": int}  # keys whose default is null: their type
-CHOICES = {"evaluation.aggregate": ("mean", "max"), "evaluation.metric": ("cosine_similarity",)}
+CHOICES = {"evaluation.aggregate": ("mean", "max")}
+
+
+def add_config_flags(parser, names):
+    """Add the named config flags (--lr, --epochs, ...) to an argparse parser, typed and with help."""
+    for name in names:
+        key, kind, text = CONFIG_FLAGS[name]
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, help=f"{text} ({key})")
+
+
+def config_flags(args):
+    """{flag name: value} of the named config flags an argparse namespace has."""
+    return {name: getattr(args, name) for name in CONFIG_FLAGS if hasattr(args, name)}
 
 
 def _flatten(d, prefix=""):
@@ -100,30 +699,43 @@ def _set_key(cfg, key, value):
     (cfg[section] if section else cfg)[name] = value
 
 
+def _yaml_file(path, what="config file"):
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: {what} not found (leave --config out to use the shipped config.yaml)")
+    try:
+        user = yaml.safe_load(p.read_text(encoding="utf-8-sig")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise UserError(f"{p}: not valid YAML ({str(e).splitlines()[0]})")
+    if not isinstance(user, dict):
+        raise UserError(f"{p}: expected a mapping of sections to keys")
+    return user
+
+
+def _set_layer(item):
+    key, eq, text = item.partition("=")
+    if not eq:
+        raise UserError(f"--set {item}: expected section.key=value, e.g. --set training.lr=1e-3")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as e:
+        raise UserError(f"--set {item}: the value is not valid YAML ({str(e).splitlines()[0]}); quote it")
+    return f"--set {key}", key.strip(), value
+
+
 def load_config(path=None, sets=(), base=None, **named):
-    """Resolved config dict: config.yaml defaults <- `base` (a checkpoint's config) <- --config file <- named
-    flags <- --set section.key=value. Unknown keys and wrong types raise UserError listing the valid keys."""
+    """Resolved config dict: config.yaml defaults <- `base` (a run's or checkpoint's config) <- --config file
+    <- named flags <- --set section.key=value. Unknown keys and wrong types raise UserError listing the valid
+    keys; keys of `base` that this version no longer has are ignored (an older run still loads)."""
     defaults = yaml.safe_load(CONFIG_PATH.read_text())
     flat_defaults = _flatten(defaults)
     cfg = json.loads(json.dumps(defaults))  # deep copy
-    layers = [("checkpoint config", k, v) for k, v in _flatten(base or {}).items()]
+    layers = [("saved config", k, v) for k, v in _flatten(base or {}).items() if k in flat_defaults]
     if path and Path(path).resolve() != CONFIG_PATH.resolve():
-        p = Path(path)
-        if not p.is_file():
-            raise UserError(f"{p}: config file not found (leave --config out to use the shipped config.yaml)")
-        try:
-            user = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise UserError(f"{p}: not valid YAML ({str(e).splitlines()[0]})")
-        if not isinstance(user, dict):
-            raise UserError(f"{p}: expected a mapping of sections to keys")
-        layers += [(str(p), k, v) for k, v in _flatten(user).items()]
-    layers += [(f"--{flag.replace('_', '-')}", NAMED_FLAGS[flag], v) for flag, v in named.items() if v is not None]
-    for item in sets:
-        key, eq, text = item.partition("=")
-        if not eq:
-            raise UserError(f"--set {item}: expected section.key=value, e.g. --set training.lr=1e-3")
-        layers.append((f"--set {key}", key.strip(), yaml.safe_load(text) if text.strip() else None))
+        layers += [(str(path), k, v) for k, v in _flatten(_yaml_file(path)).items()]
+    layers += [(f"--{flag.replace('_', '-')}", CONFIG_FLAGS[flag][0], v) for flag, v in named.items()
+               if v is not None]
+    layers += [_set_layer(item) for item in sets]
     for where, key, value in layers:
         if key not in flat_defaults:
             valid = ", ".join(sorted(flat_defaults))
@@ -137,6 +749,7 @@ def validate_config(cfg):
     """Range checks on a resolved config; raise UserError naming the key and the allowed range."""
     d, t = cfg["data"], cfg["training"]
     checks = [
+        (0 <= cfg["seed"] < 2 ** 63, "seed", "must be in [0, 2**63)"),
         (0.0 <= d["mask_ratio"] <= 1.0, "data.mask_ratio", "must be in [0, 1]"),
         (d["patch_size"] >= 1 and d["image_size"] >= 1 and d["image_size"] % d["patch_size"] == 0,
          "data.image_size", f"must be a positive multiple of data.patch_size ({d['patch_size']})"),
@@ -160,382 +773,140 @@ def validate_config(cfg):
     for ok, key, rule in checks:
         if not ok:
             section, _, name = key.rpartition(".")
-            raise UserError(f"config key {key} = {cfg[section][name]!r} {rule}")
+            raise UserError(f"config key {key} = {(cfg[section] if section else cfg)[name]!r} {rule}")
 
 
-# ---- frames and masking ----
-
-def load_frame(path, size):
-    """PIL open -> RGB -> BICUBIC resize to size x size -> uint8 array (size, size, 3)."""
-    with Image.open(path) as im:
-        im.load()
-        if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grey: scale to 8 bits before RGB
-            arr = np.asarray(im, dtype=np.float64)
-            im = Image.fromarray(np.clip(arr / (256.0 if arr.max() > 255 else 1.0), 0, 255).astype(np.uint8))
-        rgb = im.convert("RGB").resize((size, size), Image.BICUBIC)
-    return np.asarray(rgb, dtype=np.uint8)
+def refuse_changes(old_cfg, new_cfg, command, what, why):
+    """UserError when `new_cfg` differs from `old_cfg` in a key MAY_CHANGE[command] does not allow. Keys the
+    old config lacks (added to config.yaml since) are not changes."""
+    old, new = _flatten(old_cfg), _flatten(new_cfg)
+    changed = [f"{k} {old[k]!r} -> {new[k]!r}" for k in new
+               if k in old and new[k] != old[k] and not k.startswith(MAY_CHANGE[command])]
+    if changed:
+        raise UserError(f"{', '.join(changed)} would change {what}; {why}")
 
 
-def tubelet_seed(seed, clip_id, index):
-    """Stable 64-bit seed for one tubelet's mask: same on every machine, order and batch size."""
-    digest = hashlib.sha256(f"{seed}|{clip_id}|{index}".encode()).digest()
-    return int.from_bytes(digest[:8], "little")
+# ==================================================================================================
+# 9. files and locks
+# ==================================================================================================
 
-
-def mask_tubelet(tubelet, mask_ratio, patch_size, seed):
-    """Zero k = round(mask_ratio * count) random (t, h, w) patches of a uint8 tubelet (T, H, W, 3).
-
-    Returns (masked tubelet, bool mask (T, H/patch, W/patch))."""
-    t, h, w = tubelet.shape[0], tubelet.shape[1] // patch_size, tubelet.shape[2] // patch_size
-    count = t * h * w
-    chosen = np.random.default_rng(seed).permutation(count)[:round(mask_ratio * count)]
-    mask = np.zeros(count, dtype=bool)
-    mask[chosen] = True
-    mask = mask.reshape(t, h, w)
-    pixel_mask = mask.repeat(patch_size, axis=1).repeat(patch_size, axis=2)
-    masked = tubelet.copy()
-    masked[pixel_mask] = 0
-    return masked, mask
-
-
-class MaskTubelet:
-    """Callable form of mask_tubelet with the config's ratio, patch size and seed."""
-
-    def __init__(self, mask_ratio=0.75, patch_size=16, seed=0):
-        self.mask_ratio, self.patch_size, self.seed = mask_ratio, patch_size, seed
-
-    def __call__(self, tubelet, clip_id, index):
-        return mask_tubelet(tubelet, self.mask_ratio, self.patch_size, tubelet_seed(self.seed, clip_id, index))
-
-
-# ---- dataset and loader ----
-
-class JEPADataset(torch.utils.data.Dataset):
-    """One item per clip. Each frame is decoded once; the clip is cut into non-overlapping tubelets
-    (a trailing remainder is dropped) and each tubelet is masked with its own seeded mask.
-
-    Item: {"index", "clean", "masked": (N, T, 3, S', S') float from `processor` (or uint8 (N, T, 3, S, S)
-    without one), "mask_frac": (N,), "error": None or why the clip could not be read}."""
-
-    def __init__(self, records, cfg, processor=None):
-        d = cfg["data"]
-        self.records, self.processor = records, processor
-        self.size, self.tubelet = d["image_size"], d["tubelet_size"]
-        self.masker = MaskTubelet(d["mask_ratio"], d["patch_size"], cfg["seed"])
-
-    def __len__(self):
-        return len(self.records)
-
-    def __getitem__(self, i):
-        rec = self.records[i]
-        n = len(rec["frames"]) // self.tubelet
-        frames = []
-        for path in rec["frames"][:n * self.tubelet]:  # each frame decoded once, shared by its tubelet
-            try:
-                frames.append(load_frame(path, self.size))
-            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-                return {"index": i, "error": f"frame {path}: not readable ({e})"}
-        frames = np.stack(frames)
-        clean, masked, frac = [], [], []
-        for k in range(n):
-            tub = frames[k * self.tubelet:(k + 1) * self.tubelet]
-            m_tub, mask = self.masker(tub, rec["clip_id"], k)
-            clean.append(tub)
-            masked.append(m_tub)
-            frac.append(mask.mean())
-        # (N, T, H, W, 3) -> (N, T, 3, H, W), the layout the video processor and the encoder take
-        clean = torch.from_numpy(np.stack(clean)).permute(0, 1, 4, 2, 3)
-        masked = torch.from_numpy(np.stack(masked)).permute(0, 1, 4, 2, 3)
-        if self.processor is not None:
-            both = self.processor(list(torch.cat([clean, masked])), return_tensors="pt")["pixel_values_videos"]
-            clean, masked = both[:n], both[n:]
-        return {"index": i, "clean": clean, "masked": masked,
-                "mask_frac": torch.tensor(frac, dtype=torch.float32), "error": None}
-
-
-def num_workers(cfg, device):
-    """data.num_workers, or when null: enough to feed a GPU; on a CPU one, so decoding does not starve the encoder."""
-    if cfg["data"]["num_workers"] is not None:
-        return cfg["data"]["num_workers"]
-    cpus = os.cpu_count() or 1
-    return min(16, cpus - 1) if device.type == "cuda" else (1 if cpus >= 2 else 0)
-
-
-def _worker_init(_):
-    torch.set_num_threads(1)  # workers decode and resize; the main process's threads belong to the encoder
-
-
-def make_loader(dataset, num_workers):
-    """Ordered, prefetch-bounded loader of clips (batch_size=None: one item per clip)."""
-    extra = {"prefetch_factor": 2, "worker_init_fn": _worker_init} if num_workers > 0 else {}
-    return torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=num_workers, **extra)
-
-
-# ---- encoder ----
-
-def resolve_device(name="auto"):
-    """auto -> CUDA, then Apple MPS, then CPU."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA GPU visible to PyTorch (use --device cpu or auto)")
-    if name not in ("cpu", "cuda", "mps"):
-        raise UserError(f"--device {name}: expected auto, cpu, cuda or mps")
-    return torch.device(name)
-
-
-def _hub_reachable(timeout=3.0):
-    """True when the hub's host answers within `timeout` s (DNS included), so offline runs fail fast."""
-    host = re.sub(r"^https?://", "", os.environ.get("HF_ENDPOINT", "https://huggingface.co")).split("/")[0]
-    answered = []
-
-    def probe():
-        try:
-            socket.create_connection((host, 443), timeout=timeout).close()
-            answered.append(True)
-        except OSError:
-            pass
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout + 1)
-    return bool(answered)
-
-
-def load_encoder_parts(name):
-    """(model, processor) of a V-JEPA 2 hub id or local snapshot folder, or a UserError saying what to do."""
-    from transformers import AutoConfig, AutoModel, AutoVideoProcessor
-    from transformers.utils import logging as hf_logging
-    hf_logging.disable_progress_bar()  # our own progress bars are the ones that matter
-    hint = ("download a snapshot on a connected machine (hf download facebook/vjepa2-vitl-fpc64-256 "
-            "--local-dir DIR) and pass ENCODER=DIR (--encoder DIR)")
-    is_dir = os.path.isdir(name)
-    if not is_dir and (name.startswith((".", "/", "~")) or name.count("/") != 1):
-        raise UserError(f"encoder {name!r}: no such folder and not a hub id (org/name); {hint}")
-    if is_dir and not os.path.isfile(os.path.join(name, "config.json")):
-        raise UserError(f"encoder folder {name!r} has no config.json: not a Hugging Face model snapshot; {hint}")
-    kwargs = {"trust_remote_code": False}
-    if not is_dir:
-        try:  # the hub cache first: works offline without waiting for the hub client's retries
-            kwargs_local = dict(kwargs, local_files_only=True)
-            return _load_checked(name, AutoConfig, AutoModel, AutoVideoProcessor, kwargs_local)
-        except OSError:
-            pass
-        if os.environ.get("HF_HUB_OFFLINE") == "1" or not _hub_reachable():
-            raise UserError(f"encoder {name!r}: not a local folder, not in the Hugging Face cache, and the hub "
-                            f"is unreachable; {hint}")
+def _fsync_dir(folder):
     try:
-        return _load_checked(name, AutoConfig, AutoModel, AutoVideoProcessor, kwargs)
-    except (OSError, ValueError) as e:
-        what = "folder" if is_dir else "hub id"
-        raise UserError(f"encoder {what} {name!r} could not be loaded ({str(e).splitlines()[0]}); {hint}")
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # not supported on this platform (e.g. Windows)
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
-def _load_checked(name, AutoConfig, AutoModel, AutoVideoProcessor, kwargs):
-    config = AutoConfig.from_pretrained(name, **kwargs)
-    if config.model_type != "vjepa2":
-        raise UserError(f"encoder {name!r} is a {config.model_type!r} model, not V-JEPA 2 (model_type vjepa2)")
-    model = AutoModel.from_pretrained(name, config=config, **kwargs)
-    return model, AutoVideoProcessor.from_pretrained(name, **kwargs)
+def output_target(path):
+    """The regular file an output path writes: a symlink is written through to its target (the link stays).
+    UserError for a folder, a device node, a pipe or any other non-regular file, which are never replaced."""
+    target = Path(os.path.realpath(path))
+    try:
+        mode = target.stat().st_mode
+    except FileNotFoundError:
+        return target
+    except OSError as e:  # e.g. a path through a file
+        raise UserError(f"{path}: output folder {target.parent} is not writable ({e.strerror or e}); "
+                        f"choose another output path")
+    if stat.S_ISDIR(mode):
+        raise UserError(f"{path}: is a folder; pass a file path (e.g. {Path(path) / 'out.json'})")
+    if not stat.S_ISREG(mode):
+        raise UserError(f"{path}: is not a regular file (a device, pipe or socket); outputs are only written "
+                        f"to regular files: choose another output path")
+    return target
 
 
-class VJEPAEncoder(nn.Module):
-    """Frozen V-JEPA 2 encoder: processed pixels (B, T, 3, S', S') -> mean-pooled embedding (B, D).
-
-    Uses get_vision_features (the encoder alone), never the HF model's forward with its own predictor."""
-
-    def __init__(self, name_or_dir, device="cpu"):
-        super().__init__()
-        self.name = name_or_dir
-        self.model, self.processor = load_encoder_parts(name_or_dir)
-        self.model.requires_grad_(False).eval().to(device)
-        self.device = torch.device(device)
-        self.embed_dim = self.model.config.hidden_size
-        self._fingerprint = None
-
-    def train(self, mode=True):  # frozen: stays in eval mode whatever the parent module does
-        return super().train(False)
-
-    def process(self, videos):
-        """uint8 (B, T, 3, H, W) -> the encoder's own video processor -> float (B, T, 3, S', S')."""
-        return self.processor(list(videos), return_tensors="pt")["pixel_values_videos"]
-
-    def forward(self, pixel_values):
-        with torch.inference_mode():
-            tokens = self.model.get_vision_features(pixel_values.to(self.device, non_blocking=True))
-            emb = tokens.mean(dim=1)
-        return emb.clone()  # a normal tensor again, usable by autograd outside inference mode
-
-    @property
-    def fingerprint(self):
-        """Identity of the weights and preprocessing: same for a hub id and its local snapshot."""
-        if self._fingerprint is None:
-            conf = {k: v for k, v in self.model.config.to_dict().items()
-                    if k not in ("_name_or_path", "transformers_version", "dtype", "torch_dtype")}
-            proc = {k: getattr(self.processor, k, None) for k in ("crop_size", "size", "image_mean", "image_std")}
-            h = hashlib.sha256(json.dumps([conf, proc], sort_keys=True, default=str).encode())
-            for p in (self.model.encoder.embeddings.patch_embeddings.proj.weight, self.model.encoder.layernorm.weight):
-                h.update(p.detach().float().cpu().numpy().tobytes())
-            self._fingerprint = h.hexdigest()[:16]
-        return self._fingerprint
+def refuse_input_as_output(output, inputs):
+    """UserError when an output path names one of the same command's inputs (it would be overwritten)."""
+    out = os.path.realpath(output)
+    for flag, path in inputs.items():
+        if path and os.path.realpath(path) == out:
+            raise UserError(f"{output}: is also this command's {flag}; writing it would destroy the input: "
+                            f"choose another output path")
 
 
-# ---- predictor, model, loss ----
-
-class PredictorHead(nn.Module):
-    """(masked_emb (B, D), mask_frac (B,)) -> predicted clean embedding (B, D)."""
-
-    def __init__(self, embed_dim, hidden_dim=1024, dropout=0.1):
-        super().__init__()
-        self.norm = nn.LayerNorm(embed_dim)
-        self.mlp = nn.Sequential(nn.Linear(embed_dim + 1, hidden_dim), nn.GELU(), nn.Dropout(dropout),
-                                 nn.Linear(hidden_dim, embed_dim))
-
-    def forward(self, masked_emb, mask_frac):
-        return self.mlp(torch.cat([self.norm(masked_emb), mask_frac.unsqueeze(1).to(masked_emb.dtype)], dim=1))
-
-
-class JEPAModel(nn.Module):
-    """Frozen encoder + trainable head: (pixel_values, masked_pixel_values, mask_frac) -> (clean_emb, pred_emb)."""
-
-    def __init__(self, encoder, head):
-        super().__init__()
-        self.encoder, self.head = encoder, head
-
-    def encode_pair(self, pixel_values, masked_pixel_values):
-        """Clean and masked views in one encoder call: (B, T, 3, S', S') x2 -> (clean_emb, masked_emb) (B, D)."""
-        emb = self.encoder(torch.cat([pixel_values, masked_pixel_values]))
-        return emb[:len(pixel_values)], emb[len(pixel_values):]
-
-    def forward(self, pixel_values, masked_pixel_values, mask_frac):
-        clean_emb, masked_emb = self.encode_pair(pixel_values, masked_pixel_values)
-        return clean_emb, self.head(masked_emb, mask_frac.to(masked_emb.device))
+def check_output(path, inputs=None, needed_bytes=1 << 20):
+    """Fail before any encoding when `path` cannot be written: not a regular file, an input of the same
+    command (`inputs`: {flag: path}), a folder that cannot be created or written, or too little free space."""
+    refuse_input_as_output(path, inputs or {})
+    folder = output_target(path).parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+        free = os.statvfs(folder).f_bavail * os.statvfs(folder).f_frsize
+    except OSError as e:
+        raise UserError(f"{path}: output folder {folder} is not writable ({e.strerror or e}); "
+                        f"choose another output path or fix its permissions")
+    if free < needed_bytes:
+        raise UserError(f"{path}: only {free >> 20} MB free in {folder}, about {needed_bytes >> 20} MB needed; "
+                        f"free some space or choose another output path")
 
 
-def jepa_loss(pred_emb, clean_emb):
-    """L1 between L2-normalised predicted and clean embeddings."""
-    return F.l1_loss(F.normalize(pred_emb, dim=1), F.normalize(clean_emb, dim=1))
+def _write_error(path, e):
+    advice = {errno.ENOSPC: "free space", errno.EDQUOT: "free space", errno.EISDIR: "pass a file path",
+              errno.EROFS: "choose another path"}.get(e.errno, "free space or fix permissions")
+    return UserError(f"cannot write {path}: {e.strerror or e}; {advice}, then rerun (finished work is kept)")
 
 
-def compute_cosine_similarity(a, b):
-    """Row-wise cosine similarity of (B, D) x (B, D) -> (B,)."""
-    return F.cosine_similarity(a, b, dim=1)
+def atomic_write(path, write):
+    """Write a file via `write(fileobj)` to a temp file in the same folder, fsync, then os.replace it into place,
+    so a reader never sees a partial file whenever the process dies. Writes through a symlink to its target;
+    refuses to replace anything but a regular file (see output_target)."""
+    target = output_target(path)
+    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        kill_hook_for_tests("atomic_write", target.name)
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
+    except OSError as e:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # a read-only folder refuses even this; there is nothing to clean up then
+            pass
+        raise _write_error(path, e)
 
 
-# ---- streaming encoding ----
-
-def encode_stream(encoder, dataset, batch_size, num_workers, flush_every=None):
-    """Encode every clip of `dataset` in order, batching tubelets across clips (clean + masked in one call).
-
-    Yields (index, clean_emb (N, D), masked_emb (N, D), mask_frac (N,), error) per clip, in dataset order.
-    `flush_every` clips, a partial batch is encoded, so batches never straddle those boundaries (a run resumed
-    at one then sees exactly the same batches). Memory stays bounded: the loader prefetches a few clips and at
-    most one batch waits here."""
-    waiting = deque()  # loader items whose embeddings are not all computed yet
-    todo_clean, todo_masked = [], []  # pixel tensors not yet encoded, in order
-    done_clean, done_masked = [], []  # embeddings computed, not yet handed out
-    n_todo = 0
-
-    def encode(n):
-        nonlocal n_todo, todo_clean, todo_masked
-        clean, masked = torch.cat(todo_clean), torch.cat(todo_masked)
-        emb = encoder(torch.cat([clean[:n], masked[:n]]))
-        done_clean.append(emb[:n].cpu())
-        done_masked.append(emb[n:].cpu())
-        todo_clean, todo_masked = [clean[n:]], [masked[n:]]
-        n_todo -= n
-
-    def ready():
-        nonlocal done_clean, done_masked
-        while waiting:
-            item = waiting[0]
-            need = 0 if item["error"] else len(item["mask_frac"])
-            have = sum(len(e) for e in done_clean)
-            if need > have:
-                return
-            waiting.popleft()
-            if item["error"]:
-                yield item["index"], None, None, None, item["error"]
-                continue
-            clean, masked = torch.cat(done_clean), torch.cat(done_masked)
-            done_clean, done_masked = [clean[need:]], [masked[need:]]
-            yield item["index"], clean[:need], masked[:need], item["mask_frac"], None
-
-    for loaded, item in enumerate(make_loader(dataset, num_workers), 1):
-        waiting.append(item)
-        if not item["error"]:
-            todo_clean.append(item["clean"])
-            todo_masked.append(item["masked"])
-            n_todo += len(item["mask_frac"])
-        while n_todo >= batch_size:
-            encode(batch_size)
-        if flush_every and loaded % flush_every == 0 and n_todo:
-            encode(n_todo)
-        yield from ready()
-    if n_todo:
-        encode(n_todo)
-    yield from ready()
+def atomic_write_text(path, text):
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
-# ---- training engine ----
-
-def train_epoch(head, optimizer, features, batch_size, generator, epoch):
-    """One shuffled pass over features {"clean", "masked": (N, D), "mask_frac": (N,)}; returns the mean loss.
-
-    Raises FloatingPointError naming the epoch and batch when the loss stops being finite."""
-    head.train()
-    n = len(features["clean"])
-    order = torch.randperm(n, generator=generator)
-    total = 0.0
-    for batch, start in enumerate(range(0, n, batch_size)):
-        idx = order[start:start + batch_size]
-        pred_emb = head(features["masked"][idx], features["mask_frac"][idx])
-        loss = jepa_loss(pred_emb, features["clean"][idx])
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch}, batch {batch}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total += loss.item() * len(idx)
-    return total / n
-
-
-@torch.no_grad()
-def validate_epoch(head, features, batch_size):
-    """Mean loss over features in eval mode (no dropout); None when there are none."""
-    n = len(features["clean"])
-    if n == 0:
-        return None
-    head.eval()
-    total = 0.0
-    for start in range(0, n, batch_size):
-        sl = slice(start, start + batch_size)
-        pred_emb = head(features["masked"][sl], features["mask_frac"][sl])
-        total += jepa_loss(pred_emb, features["clean"][sl]).item() * len(features["clean"][sl])
-    return total / n
+@contextlib.contextmanager
+def exclusive_lock(path, what):
+    """Hold an exclusive advisory lock (flock) on the lock file `path` for the `with` block, or raise a
+    UserError naming the process that holds it. The kernel drops the lock when its holder dies, so a killed
+    run never blocks the rerun; the file stays behind, harmless."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise _write_error(path, e)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "a process whose pid is not recorded"
+        os.close(fd)
+        raise UserError(f"{what} is being written by another process ({holder}); wait for it to finish or "
+                        f"stop it, then rerun")
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {os.uname().nodename}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
-@torch.no_grad()
-def tubelet_cosines(head, clean_emb, masked_emb, mask_frac):
-    """(cos(pred, clean), cos(masked, clean)) per tubelet, head in eval mode; each (N,)."""
-    head.eval()
-    dev = next(head.parameters()).device
-    clean_emb, masked_emb = clean_emb.to(dev), masked_emb.to(dev)
-    pred_emb = head(masked_emb, mask_frac.to(dev))
-    return (compute_cosine_similarity(pred_emb, clean_emb).cpu(),
-            compute_cosine_similarity(masked_emb, clean_emb).cpu())
-
-
-def clip_score(novelty, aggregate):
-    """A clip's score from its tubelets' novelty (1 - cos): mean or max, rounded for stable files."""
-    value = max(novelty) if aggregate == "max" else sum(novelty) / len(novelty)
-    return round(float(value), SCORE_DECIMALS)
-
-
-# ---- RNG state (exact resume) ----
+# ==================================================================================================
+# 10. RNG state (exact resume)
+# ==================================================================================================
 
 def rng_state(shuffle_gen):
     """Python, NumPy, torch (and CUDA) RNG states plus the shuffling generator, as plain types."""
@@ -559,136 +930,54 @@ def set_rng_state(state, shuffle_gen):
     shuffle_gen.set_state(state["shuffle"])
 
 
-# ---- files and checkpoints ----
+# ==================================================================================================
+# 11. command line
+# ==================================================================================================
 
-def _fsync_dir(folder):
+class UserError(Exception):
+    """Bad input or environment: printed as `error: ...` lines without a traceback; exit status `code`."""
+
+    def __init__(self, message, code=2):
+        super().__init__(message)
+        self.code = code
+
+
+def run_cli(main, on_interrupt="nothing was lost; run the same command again"):
+    """Run an entry script's main(); user errors become one line per problem (exit 2), internal errors keep
+    their traceback. `on_interrupt`: what is true after Ctrl-C for this script."""
     try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # not supported on this platform (e.g. Windows)
+        sys.exit(main() or 0)
+    except UserError as e:
+        for line in str(e).splitlines():
+            print(f"error: {line}", file=sys.stderr)
+        sys.exit(e.code)
+    except KeyboardInterrupt:
+        print(f"interrupted: {on_interrupt}", file=sys.stderr)
+        sys.exit(130)
+
+
+_KILL_AT = os.environ.get("JEPA_TEST_KILL_AT", "")  # read once: the hook costs one comparison when unset
+
+
+def kill_hook_for_tests(name, count=None):
+    """Test hook, a no-op in normal runs: JEPA_TEST_KILL_AT=name[:count] SIGKILLs the process at this point,
+    so the tests can prove that a kill anywhere loses nothing."""
+    if not _KILL_AT:
         return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path, write):
-    """Write a file via `write(fileobj)` to a temp file in the same folder, fsync, then os.replace it into place,
-    so a reader never sees a partial file whenever the process dies."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        kill_point("atomic_write", path.name)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"cannot write {path}: {e.strerror or e}; free space or fix permissions, then rerun "
-                        f"(finished work is kept)")
-
-
-def atomic_write_text(path, text):
-    atomic_write(path, lambda f: f.write(text.encode()))
-
-
-def save_checkpoint(path, head, optimizer, epoch, config, best_metric, **extra):
-    """Atomically save the predictor head and everything needed to rebuild and resume it (plain types only)."""
-    ckpt = {"format_version": FORMAT_VERSION, "model_state": head.state_dict(),
-            "optimizer_state": optimizer.state_dict() if optimizer is not None else None,
-            "epoch": epoch, "config": config, "best_metric": best_metric, **extra}
-    atomic_write(path, lambda f: torch.save(ckpt, f))
-
-
-CHECKPOINT_KEYS = ("format_version", "model_state", "epoch", "config", "encoder_name", "encoder_fingerprint",
-                   "embed_dim")
-
-
-def load_checkpoint(path):
-    """Load a checkpoint with torch.load(weights_only=True) only: a file whose unpickling would run code is refused."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: checkpoint not found (pass CKPT=experiments/RUN/best.pt)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # UnpicklingError for unsafe pickles, RuntimeError/EOFError for torn files
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path}: refusing to load: not a plain-data jepa-clips checkpoint ({first[:160]})")
-    if not isinstance(ckpt, dict) or any(k not in ckpt for k in CHECKPOINT_KEYS):
-        raise UserError(f"{path}: not a jepa-clips checkpoint (missing keys)")
-    if ckpt["format_version"] > FORMAT_VERSION:
-        raise UserError(f"{path}: checkpoint format {ckpt['format_version']} is newer than this code "
-                        f"({FORMAT_VERSION}); update jepa-clips")
-    return ckpt
-
-
-def head_from_checkpoint(ckpt, device="cpu"):
-    """Rebuild the PredictorHead a checkpoint was saved from and load its weights."""
-    m = ckpt["config"]["model"]
-    head = PredictorHead(ckpt["embed_dim"], m["predictor_hidden_dim"], m["predictor_dropout"])
-    head.load_state_dict(ckpt["model_state"])
-    return head.to(device).eval()
-
-
-def changed_keys(old_cfg, new_cfg, allowed):
-    """Flattened keys whose value differs between two configs, except those starting with an `allowed` prefix.
-    Keys the old config lacks (added to config.yaml since) are not changes."""
-    old, new = _flatten(old_cfg), _flatten(new_cfg)
-    return [(k, old[k], new[k]) for k in new if k in old and new[k] != old[k] and not k.startswith(allowed)]
-
-
-SCORING_CHANGES = ("data.root", "data.num_workers", "model.encoder_name", "evaluation.")
-
-
-def load_for_scoring(args):
-    """(checkpoint, config, encoder, head, workers) for eval.py/infer.py: the training config with only
-    data.root, data.num_workers, model.encoder_name and evaluation.* overridable (masks must match training)."""
-    ckpt = load_checkpoint(args.checkpoint)
-    cfg = load_config(None, args.set, base=ckpt["config"], encoder=args.encoder, data_root=args.data_root)
-    changed = changed_keys(ckpt["config"], cfg, SCORING_CHANGES)
-    if changed:
-        raise UserError(f"{', '.join(k for k, _, _ in changed)} cannot differ from the training config of {args.checkpoint} "
-                        f"(masks and features must match training)")
-    device = resolve_device(args.device)
-    encoder = VJEPAEncoder(cfg["model"]["encoder_name"], device)
-    check_encoder_matches(ckpt, encoder, args.checkpoint)
-    return ckpt, cfg, encoder, head_from_checkpoint(ckpt, device), num_workers(cfg, device)
+    want, _, at = _KILL_AT.partition(":")
+    if want == name and (not at or str(count) == at):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def add_scoring_args(p, checkpoint_required=True):
     """Flags shared by eval.py and infer.py."""
-    p.add_argument("--checkpoint", required=checkpoint_required, help="checkpoint from train.py (best.pt, last.pt, epoch_NNN.pt)")
+    p.add_argument("--checkpoint", required=checkpoint_required,
+                   help="checkpoint from train.py (best.pt, last.pt, epoch_NNN.pt)")
     p.add_argument("--manifest", required=True, help="JSONL manifest of clips to score")
-    p.add_argument("--output", required=True, help="where to write the results")
-    p.add_argument("--data-root", help="folder relative frame paths resolve against (default: the manifest's)")
-    p.add_argument("--encoder", help="V-JEPA 2 hub id or local snapshot (default: the one the head was trained on)")
+    p.add_argument("--output", required=True, help="where to write the results (a regular file; a symlink is "
+                                                   "written through to its target)")
+    add_config_flags(p, ["data_root", "encoder"])
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override evaluation.*, data.num_workers or data.root, repeatable")
-
-
-def check_output_writable(path):
-    """Fail before any encoding when the output folder cannot be written."""
-    folder = Path(path).resolve().parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise UserError(f"{path}: output folder {folder} is not writable ({e.strerror or e}); choose another --output")
-
-
-def check_encoder_matches(ckpt, encoder, ckpt_path):
-    """Refuse to pair a head with an encoder other than the one it was trained on."""
-    if ckpt["embed_dim"] != encoder.embed_dim:
-        raise UserError(f"{ckpt_path}: head expects {ckpt['embed_dim']}-d embeddings but encoder {encoder.name!r} "
-                        f"gives {encoder.embed_dim}-d; pass the training encoder ({ckpt['encoder_name']!r}) "
-                        f"with --encoder/ENCODER=")
-    if ckpt["encoder_fingerprint"] != encoder.fingerprint:
-        raise UserError(f"{ckpt_path}: trained on encoder {ckpt['encoder_name']!r} (fingerprint "
-                        f"{ckpt['encoder_fingerprint']}), but {encoder.name!r} has fingerprint "
-                        f"{encoder.fingerprint}; pass the training encoder with --encoder/ENCODER=")
+                   help=f"override a config key, repeatable; only {', '.join(MAY_CHANGE['scoring'])}* may "
+                        f"differ from training")

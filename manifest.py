@@ -28,9 +28,11 @@ import os
 import random
 import re
 import sys
+from array import array
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 import jepa
@@ -44,49 +46,87 @@ IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 # ---- reading manifests (train.py, eval.py, infer.py and check use these) ----
 
-def _clip_record(raw, line, base, where):
-    """One manifest line (either research style) -> normalised clip dict, or an error string."""
+MAX_LISTED = 100  # problems listed one per line before the rest are counted: a broken 1M-line file stays readable
+DERIVED_ID_RULE = ("a line without clip_id gets SCENE__CAMERA__HASH, HASH = the first 10 hex digits of the "
+                   "SHA-1 of its frame list as JSON; the id also seeds the clip's masks, so ids must be stable")
+
+
+def derived_clip_id(scene, camera, frames):
+    """The clip_id of a manifest line that has none (DERIVED_ID_RULE): depends only on the line's content."""
+    return f"{scene}__{camera}__{hashlib.sha1(json.dumps(frames).encode()).hexdigest()[:10]}"
+
+
+def _clip_fields(raw, where):
+    """Validate one manifest line (either research style): (clip_id, frames as written) or a problem string."""
     if not isinstance(raw, dict):
         return f"{where}: expected a JSON object"
     frames = raw.get("frame_paths", raw.get("frames"))
     if not isinstance(frames, list) or not frames or not all(isinstance(f, str) and f for f in frames):
         return f"{where}: no frames (need a non-empty list of paths in 'frame_paths' or 'frames')"
-    scene = str(raw.get("scene_id", raw.get("scene", "unknown")))
-    camera = str(raw.get("camera", "unknown"))
-    clip_id = raw.get("clip_id")
-    if clip_id is None:  # stable: depends only on the record's own content
-        clip_id = f"{scene}__{camera}__{hashlib.sha1(json.dumps(frames).encode()).hexdigest()[:10]}"
     split = raw.get("split")
     if split is not None and split not in ("train", "val", "test"):
         return f"{where}: split must be train, val or test, got {split!r}"
-    return {"clip_id": str(clip_id), "scene": scene, "camera": camera, "split": split, "line": line,
-            "frames": [f if os.path.isabs(f) else str(base / f) for f in frames],
+    clip_id = raw.get("clip_id")
+    if clip_id is None:
+        clip_id = derived_clip_id(str(raw.get("scene_id", raw.get("scene", "unknown"))),
+                                  str(raw.get("camera", "unknown")), frames)
+    return str(clip_id), frames
+
+
+def _clip_record(raw, line, base, where):
+    """One manifest line -> normalised clip dict (frames resolved against `base`), or a problem string."""
+    fields = _clip_fields(raw, where)
+    if isinstance(fields, str):
+        return fields
+    clip_id, frames = fields
+    return {"clip_id": clip_id, "scene": str(raw.get("scene_id", raw.get("scene", "unknown"))),
+            "camera": str(raw.get("camera", "unknown")), "split": raw.get("split"), "line": line,
+            "frames": [f if os.path.isabs(f) else str(Path(base) / f) for f in frames],
             "timestamps": raw.get("timestamps")}
 
 
+def _decode_line(raw, where, what):
+    """(object, None) of one JSONL line's bytes, or (None, problem). A UTF-8 BOM is accepted."""
+    try:
+        return json.loads(raw.decode("utf-8-sig")), None
+    except UnicodeDecodeError:
+        return None, f"{where}: not UTF-8 text (re-save the {what} as UTF-8)"
+    except json.JSONDecodeError as e:
+        return None, f"{where}: not JSON ({e.msg} at column {e.colno})"
+
+
 def jsonl_lines(path, what="manifest"):
-    """Yield (line number, `file:line`, object, problem) per non-blank line of a JSONL file; object is None and
-    problem says why when the line is not UTF-8 or not JSON."""
-    for line, raw in enumerate(Path(path).read_bytes().splitlines(), 1):
-        where = f"{path}:{line}"
-        if not raw.strip():
-            continue
-        try:
-            yield line, where, json.loads(raw.decode("utf-8")), None
-        except UnicodeDecodeError:
-            yield line, where, None, f"{where}: not UTF-8 text (re-save the {what} as UTF-8)"
-        except json.JSONDecodeError as e:
-            yield line, where, None, f"{where}: not JSON ({e.msg} at column {e.colno})"
+    """Yield (line number, `file:line`, object, problem, byte offset) per non-blank line of a JSONL file, reading
+    it as a stream; object is None and problem says why when the line is not UTF-8 or not JSON."""
+    with open(path, "rb") as f:
+        offset = 0
+        for line, raw in enumerate(f, 1):
+            start, offset = offset, offset + len(raw)
+            if raw.strip():
+                where = f"{path}:{line}"
+                yield (line, where, *_decode_line(raw, where, what), start)
+
+
+def _input_file(path, what, hint):
+    """UserError unless `path` is a regular file (a FIFO or device would block or never end)."""
+    problem = jepa.special_file_problem(path)
+    if problem:
+        raise jepa.UserError(f"{path}: {what} {'not found' if problem == 'file not found' else problem}{hint}")
+
+
+def raise_problems(problems, count=None):
+    """UserError listing the first MAX_LISTED problems (one per line) and counting the rest."""
+    count = len(problems) if count is None else count
+    more = [f"... and {count - MAX_LISTED} more problem(s)"] if count > MAX_LISTED else []
+    raise jepa.UserError("\n".join(problems[:MAX_LISTED] + more))
 
 
 def read_jsonl(path, what, hint=""):
     """[(where, object)] of a JSONL file of clips, skipping blank lines; UserError listing every `file:line`
     problem (not UTF-8, not JSON, not an object with a string clip_id, a repeated clip_id)."""
-    path = Path(path)
-    if not path.is_file():
-        raise jepa.UserError(f"{path}: {what} not found{hint}")
+    _input_file(path, what, hint)
     rows, problems, seen = [], [], {}
-    for line, where, obj, problem in jsonl_lines(path, what):
+    for line, where, obj, problem, _ in jsonl_lines(path, what):
         if problem:
             problems.append(problem)
             continue
@@ -99,10 +139,14 @@ def read_jsonl(path, what, hint=""):
         seen[obj["clip_id"]] = line
         rows.append((where, obj))
     if problems:
-        raise jepa.UserError("\n".join(problems))
+        raise_problems(problems)
     if not rows:
         raise jepa.UserError(f"{path}: empty {what} (no clips)")
     return rows
+
+
+def _manifest_base(path, root):
+    return str(Path(root)) if root else str(Path(path).resolve().parent)
 
 
 def parse_manifest(path, root=None, tubelet_size=2):
@@ -110,23 +154,20 @@ def parse_manifest(path, root=None, tubelet_size=2):
 
     Each problem is one `file:line: what` string; lines with problems are left out of the clips."""
     path = Path(path)
-    if not path.is_file():
-        return [], [f"{path}: manifest not found (pass MANIFEST=path/to/clips.jsonl)"]
-    base = Path(root) if root else path.resolve().parent
+    problem = jepa.special_file_problem(path)
+    if problem:
+        return [], [f"{path}: manifest {'not found' if problem == 'file not found' else problem} "
+                    f"(pass MANIFEST=path/to/clips.jsonl)"]
+    base = _manifest_base(path, root)
     records, problems, seen = [], [], {}
-    for line, where, raw, problem in jsonl_lines(path):
-        if problem:
-            problems.append(problem)
-            continue
-        rec = _clip_record(raw, line, base, where)
+    for line, where, raw, problem, _ in jsonl_lines(path):
+        rec = problem or _clip_record(raw, line, base, where)
+        if isinstance(rec, dict) and len(rec["frames"]) < tubelet_size:
+            rec = f"{where}: {len(rec['frames'])} frame(s), fewer than one tubelet ({tubelet_size})"
+        elif isinstance(rec, dict) and rec["clip_id"] in seen:
+            rec = f"{where}: duplicate clip_id {rec['clip_id']!r} (first on line {seen[rec['clip_id']]})"
         if isinstance(rec, str):
             problems.append(rec)
-            continue
-        if len(rec["frames"]) < tubelet_size:
-            problems.append(f"{where}: {len(rec['frames'])} frame(s), fewer than one tubelet ({tubelet_size})")
-            continue
-        if rec["clip_id"] in seen:
-            problems.append(f"{where}: duplicate clip_id {rec['clip_id']!r} (first on line {seen[rec['clip_id']]})")
             continue
         seen[rec["clip_id"]] = line
         records.append(rec)
@@ -139,12 +180,115 @@ def read_manifest(path, root=None, tubelet_size=2):
     """parse_manifest, raising UserError with every problem (one line each) when there are any."""
     records, problems = parse_manifest(path, root, tubelet_size)
     if problems:
-        raise jepa.UserError("\n".join(problems))
+        raise_problems(problems)
     return records
 
 
+class ClipIndex:
+    """A validated manifest for fleet-size runs, kept as numbers instead of parsed records: per kept clip its
+    line's byte offset, line number, frame count and a 64-bit hash of its clip_id (24 bytes instead of ~5 KB).
+    A clip's line is read and parsed again when it is asked for (in the loader's workers)."""
+
+    def __init__(self, path, base, offsets, lines, frame_counts, id_hashes, fingerprint):
+        self.path, self.base, self.fingerprint = Path(path), base, fingerprint
+        self.offsets, self.lines, self.frame_counts, self.id_hashes = offsets, lines, frame_counts, id_hashes
+        self._file, self._pid = None, None
+
+    def __len__(self):
+        return len(self.offsets)
+
+    def __getitem__(self, i):
+        if self._pid != os.getpid():  # one handle per process: loader workers are forked
+            self._file, self._pid = open(self.path, "rb"), os.getpid()
+        self._file.seek(int(self.offsets[i]))
+        raw, _ = _decode_line(self._file.readline(), f"{self.path}:{self.lines[i]}", "manifest")
+        return _clip_record(raw, int(self.lines[i]), self.base, f"{self.path}:{self.lines[i]}")
+
+    def tail(self, start):
+        """The clips from position `start` on (views of the same arrays)."""
+        return ClipIndex(self.path, self.base, self.offsets[start:], self.lines[start:], self.frame_counts[start:],
+                         self.id_hashes[start:], self.fingerprint)
+
+    def __getstate__(self):  # a worker reopens the file itself
+        return {**self.__dict__, "_file": None, "_pid": None}
+
+
+def id_hash(clip_id):
+    """64-bit hash of a clip_id: how ClipIndex finds duplicates and matches output lines without the ids."""
+    return int.from_bytes(hashlib.blake2b(clip_id.encode(), digest_size=8).digest(), "little", signed=True)
+
+
+def scan_manifest(path, root=None, tubelet_size=2, shard=(0, 1)):
+    """Validate every line of a manifest in one streaming pass and keep a ClipIndex of the clips at positions
+    shard[0], shard[0] + shard[1], ... Every shard validates every line, so each refuses a bad manifest alike.
+    The fingerprint hashes the kept lines' bytes (the folder frames resolve against is ClipIndex.base)."""
+    path = Path(path)
+    _input_file(path, "manifest", " (pass MANIFEST=path/to/clips.jsonl)")
+    base = _manifest_base(path, root)
+    first, step = shard
+    all_hashes, problems, count = array("q"), [], 0
+    kept = {k: array("q") for k in ("offsets", "lines", "frames", "hashes")}
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        offset = 0
+        for line, raw in enumerate(f, 1):
+            start, offset = offset, offset + len(raw)
+            if not raw.strip():
+                continue
+            where = f"{path}:{line}"
+            obj, problem = _decode_line(raw, where, "manifest")
+            fields = problem or _clip_fields(obj, where)
+            if not isinstance(fields, str) and len(fields[1]) < tubelet_size:
+                fields = f"{where}: {len(fields[1])} frame(s), fewer than one tubelet ({tubelet_size})"
+            if isinstance(fields, str):
+                count += 1
+                if count <= MAX_LISTED:
+                    problems.append(fields)
+                continue
+            all_hashes.append(id_hash(fields[0]))
+            if (len(all_hashes) - 1) % step == first:
+                for key, value in zip(kept, (start, line, len(fields[1]), all_hashes[-1])):
+                    kept[key].append(value)
+                digest.update(raw.rstrip(b"\r\n") + b"\n")
+    duplicates = _duplicate_problems(path, all_hashes)
+    if problems or duplicates:
+        raise_problems(sorted(problems + duplicates, key=_line_of), count + len(duplicates))
+    if not all_hashes:
+        raise jepa.UserError(f"{path}: empty manifest (no clips)")
+    arrays = [np.frombuffer(kept[k], dtype=np.int64) for k in ("offsets", "lines", "frames", "hashes")]
+    return ClipIndex(path, base, *arrays, digest.hexdigest()[:16])
+
+
+def _line_of(problem):
+    match = re.search(r":(\d+): ", problem)
+    return int(match.group(1)) if match else 0
+
+
+def _duplicate_problems(path, hashes):
+    """`file:line: duplicate clip_id` problems, found through the ids' hashes (a second pass only when two
+    hashes collide, so the common case keeps no clip_id in memory)."""
+    values, counts = np.unique(np.frombuffer(hashes, dtype=np.int64), return_counts=True)
+    repeated = set(values[counts > 1].tolist())
+    if not repeated:
+        return []
+    problems, seen = [], {}
+    for line, where, obj, problem, _ in jsonl_lines(path):
+        fields = problem or _clip_fields(obj, where)
+        if isinstance(fields, str) or id_hash(fields[0]) not in repeated:
+            continue
+        if fields[0] in seen:
+            problems.append(f"{where}: duplicate clip_id {fields[0]!r} (first on line {seen[fields[0]]})")
+        else:
+            seen[fields[0]] = line
+    return problems
+
+
 def frame_problem(path, decode=False):
-    """Why a frame cannot be used (missing, empty, not an image, undecodable), or None when it is fine."""
+    """Why a frame cannot be used (missing, not a regular file, empty, not an image, undecodable), or None.
+    A special file (FIFO, device) is named without being opened."""
+    problem = jepa.special_file_problem(path)
+    if problem:
+        return problem
     try:
         if os.path.getsize(path) == 0:
             return "zero-byte file"

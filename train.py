@@ -2,13 +2,15 @@
 
 Usage:
   python train.py --manifest clips.jsonl [--run-dir experiments/run] [--encoder NAME_OR_DIR] [--lr 1e-3]
-                  [--epochs 30] [--batch-size 8] [--seed 0] [--device auto] [--resume] [--set section.key=value]
+                  [--epochs 30] [--batch-size 8] [--seed 42] [--device auto] [--resume] [--set section.key=value]
   make train MANIFEST=clips.jsonl LR=1e-3 [RESUME=1]
 
-Stage 1 encodes every train/val tubelet once clean and once masked and saves the pairs in chunks under
-RUN/features/ (fingerprinted; a kill loses at most one chunk). Stage 2 trains the head on those pairs for
-training.epochs, writing RUN/metrics.jsonl and last.pt / best.pt / epoch_NNN.pt. --resume continues either stage
-exactly; --epochs is the total. --features reuses another run's features (same fingerprint) without re-encoding.
+Stages: (1) resolve the config and the train/val split; (2) encode every train/val tubelet once, clean and
+masked, into feature chunks under RUN/features/ (fingerprinted; a kill loses at most one chunk), or reuse them;
+(3) build the head, or restore it on --resume; (4) train for training.epochs, writing RUN/metrics.jsonl and
+last.pt / best.pt / epoch_NNN.pt. --resume continues any stage exactly (--epochs is the total) and reads the
+run's own manifest unless --manifest is given. --features reuses another run's features without re-encoding
+(read-only: clips it lacks are encoded into this run's folder).
 """
 import argparse
 import hashlib
@@ -16,6 +18,7 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import yaml
@@ -24,186 +27,308 @@ from tqdm import tqdm
 import jepa
 from manifest import assign_splits, check_frames, manifest_fingerprint, read_manifest
 
-# model.encoder_name may be spelled differently (hub id vs snapshot, relative vs absolute path): the features
-# fingerprint holds the encoder's weights fingerprint, so another encoder is still refused when resuming
-RESUMABLE_CHANGES = ("training.epochs", "data.num_workers", "training.encode_batch_size", "model.encoder_name")
+TRAIN_FLAGS = ["encoder", "data_root", "lr", "epochs", "batch_size", "seed"]
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML with the keys to change (defaults: the shipped config.yaml)")
-    p.add_argument("--manifest", required=True, help="JSONL manifest of clips (train/val by its split field)")
-    p.add_argument("--data-root", help="folder relative frame paths resolve against (default: the manifest's)")
-    p.add_argument("--run-dir", default="experiments/run", help="run folder for features, checkpoints, metrics")
-    p.add_argument("--encoder", help="V-JEPA 2 hub id or local snapshot folder (model.encoder_name)")
-    p.add_argument("--lr", type=float, help="AdamW learning rate (training.lr)")
-    p.add_argument("--epochs", type=int, help="total epochs (training.epochs)")
-    p.add_argument("--batch-size", type=int, help="head batch size (training.batch_size)")
-    p.add_argument("--seed", type=int, help="seed for split, masks, init and shuffling")
+    p.add_argument("--manifest", help="JSONL manifest of clips (train/val by its split field); with --resume, "
+                                      "default: the manifest the run started with")
+    p.add_argument("--run-dir", default="experiments/run", help="run folder for features, checkpoints, metrics "
+                                                                "(default: %(default)s)")
+    jepa.add_config_flags(p, TRAIN_FLAGS)
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from where it stopped")
-    p.add_argument("--features", help="reuse the encoded features of another run folder (fingerprint-checked)")
+    p.add_argument("--features", help="reuse the encoded features of another run folder (fingerprint-checked, "
+                                      "never written to)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key, repeatable")
     return p.parse_args(argv)
 
 
+# ---- stage 1: config, manifest and split ----
+
+class Splits(NamedTuple):
+    train: list  # manifest records trained on
+    val: list    # manifest records the best checkpoint is chosen by
+
+
 def resolve_config(args, run_dir):
     """The run's config: fresh from flags, or on --resume the saved one with only harmless changes allowed."""
-    named = dict(lr=args.lr, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                 encoder=args.encoder, data_root=args.data_root)
     saved = run_dir / "config.yaml"
     if not args.resume:
         if saved.exists():
             raise jepa.UserError(f"{run_dir} already holds a run: pass --resume (RESUME=1) to continue it, "
                                  f"or choose another --run-dir (RUN=)")
-        return jepa.load_config(args.config, args.set, **named)
+        return jepa.load_config(args.config, args.set, **jepa.config_flags(args))
     if not saved.exists():
         raise jepa.UserError(f"--resume: {run_dir} holds no run (no config.yaml); start it without --resume")
-    cfg = jepa.load_config(saved, args.set, **named)
-    changed = jepa.changed_keys(yaml.safe_load(saved.read_text()), cfg, RESUMABLE_CHANGES)
-    if changed:
-        raise jepa.UserError(f"--resume: {', '.join(f'{k} {a!r} -> {b!r}' for k, a, b in changed)} "
-                             f"would change the run; start a new --run-dir (add --features {run_dir} to reuse "
-                             f"its encoded features)")
+    try:
+        old = yaml.safe_load(saved.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError):
+        old = None
+    if not isinstance(old, dict):
+        raise jepa.UserError(f"{saved}: not a run config; restore it or start a new --run-dir")
+    cfg = jepa.load_config(args.config, args.set, base=old, **jepa.config_flags(args))
+    jepa.refuse_changes(old, cfg, "resume", "the run",
+                        f"start a new --run-dir, adding --features {run_dir} to reuse its encoded features")
     return cfg
 
 
-def encode_features(encoder, records, cfg, feat_dir, fingerprint, workers):
-    """Encode records' tubelets (clean + masked) into feat_dir/chunk_NNNNN.pt, skipping chunks already saved.
+def file_sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
-    Returns {clip_id: (clean_emb (N, D), masked_emb (N, D), mask_frac (N,))} read back from the chunks."""
-    meta_path = feat_dir / "fingerprint.json"
-    if meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-        if meta["fingerprint"] != fingerprint:
-            raise jepa.UserError(f"{feat_dir}: features were encoded with another encoder, manifest or data/mask "
-                                 f"settings ({meta['fingerprint']} != {fingerprint}); use a new --run-dir")
-    else:
-        feat_dir.mkdir(parents=True, exist_ok=True)
-        jepa.atomic_write_text(meta_path, json.dumps({"fingerprint": fingerprint, "clips": len(records)}))
-    chunk = cfg["training"]["encode_chunk_clips"]
-    done = len(sorted(feat_dir.glob("chunk_*.pt"))) * chunk
-    todo = records[done:]
-    if todo:
-        print(f"encoding {len(todo)} of {len(records)} clips (clean + masked) into {feat_dir}", flush=True)
-        dataset = jepa.JEPADataset(todo, cfg, encoder.processor)
-        parts = []
-        stream = jepa.encode_stream(encoder, dataset, cfg["training"]["encode_batch_size"], workers, chunk)
-        for i, clean, masked, frac, error in tqdm(stream, total=len(todo), unit="clip", mininterval=2):
-            if error:
-                raise jepa.UserError(f"{error} (encoded chunks are kept: fix it and rerun with --resume)")
-            parts.append((todo[i]["clip_id"], clean, masked, frac))
-            if len(parts) == chunk or i == len(todo) - 1:
-                n_chunk = (done + i) // chunk
-                data = {"clip_ids": [p[0] for p in parts], "clean": torch.cat([p[1] for p in parts]),
-                        "masked": torch.cat([p[2] for p in parts]), "mask_frac": torch.cat([p[3] for p in parts]),
-                        "counts": [len(p[3]) for p in parts]}
-                jepa.atomic_write(feat_dir / f"chunk_{n_chunk:05d}.pt", lambda f: torch.save(data, f))
-                jepa.kill_point("encode_chunk", n_chunk)
-                parts = []
+
+def resolve_manifest(args, run_dir):
+    """The manifest to read: --manifest, or on --resume the one recorded in RUN/manifest.json (refused when the
+    file changed since, as its features would no longer match)."""
+    if args.manifest:
+        return args.manifest
+    record = run_dir / "manifest.json"
+    if not args.resume:
+        raise jepa.UserError("--manifest is required (MANIFEST=path/to/clips.jsonl)")
+    if not record.exists():
+        raise jepa.UserError(f"--resume: {run_dir} does not record its manifest; pass --manifest (MANIFEST=)")
+    recorded = json.loads(record.read_text())
+    path = recorded["path"]
+    if not Path(path).is_file() or file_sha256(path) != recorded["sha256"]:
+        raise jepa.UserError(f"{path}: the manifest of {run_dir} is gone or changed since the run started; "
+                             f"pass --manifest to say which file to use (its clips must match the run's features)")
+    return path
+
+
+def load_splits(manifest, cfg):
+    """Read and validate the manifest and split it; every frame is checked before anything is encoded."""
+    records = read_manifest(manifest, cfg["data"]["root"], cfg["data"]["tubelet_size"])
+    splits = assign_splits(records, cfg["seed"], cfg["data"]["val_fraction"], cfg["data"]["use_manifest_split"])
+    result = Splits([r for r, s in zip(records, splits) if s == "train"],
+                    [r for r, s in zip(records, splits) if s == "val"])
+    if not result.train:
+        raise jepa.UserError(f"{manifest}: no clips to train on ({splits.count('test')} of {len(records)} "
+                             f"are split=test, which is never trained on); use a manifest with train/val clips, "
+                             f"or --set data.use_manifest_split=false to draw a seeded split instead")
+    check_frames(result.train + result.val, manifest)
+    return result
+
+
+def snapshot_run(run_dir, cfg, manifest):
+    """Snapshot the config and the manifest's identity in the run folder."""
+    for tmp in run_dir.glob(".*.tmp*"):  # leftovers of a killed write; the real files are intact
+        tmp.unlink()
+    jepa.atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
+    record = {"path": str(Path(manifest).resolve()), "sha256": file_sha256(manifest)}
+    jepa.atomic_write_text(run_dir / "manifest.json", json.dumps(record, indent=1) + "\n")
+
+
+# ---- stage 2: features ----
+
+def features_fingerprint(encoder, clips, cfg):
+    """What the encoded features depend on: the encoder's weights, the clips and the data/mask settings."""
+    d = cfg["data"]
+    parts = [encoder.fingerprint, manifest_fingerprint(clips), d["image_size"], d["patch_size"],
+             d["tubelet_size"], d["mask_ratio"], cfg["seed"]]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+
+
+def feature_folders(args, run_dir):
+    """(own features folder, read-only source folder or None). --features is remembered in the run folder, so
+    a --resume without it does not re-encode."""
+    link = run_dir / "features_from.txt"
+    source = args.features or (link.read_text() if link.exists() else None)
+    if not source:
+        return run_dir / "features", None
+    source = Path(source) / "features" if (Path(source) / "features").is_dir() else Path(source)
+    source = source.resolve()
+    if source == (run_dir / "features").resolve():
+        return run_dir / "features", None
+    if not (source / "fingerprint.json").is_file():
+        raise jepa.UserError(f"--features {args.features or source}: not a run folder with encoded features "
+                             f"(no features/fingerprint.json)")
+    jepa.atomic_write_text(link, str(source))
+    return run_dir / "features", source
+
+
+def read_fingerprint(feat_dir):
+    path = feat_dir / "fingerprint.json"
+    try:
+        return json.loads(path.read_text())["fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise jepa.UserError(f"{path}: unreadable or corrupt; delete {feat_dir} to encode its features again")
+
+
+def read_chunks(feat_dir):
+    """{clip_id: TubeletFeatures} of every chunk in a features folder; a corrupt chunk is named."""
     features = {}
     for path in sorted(feat_dir.glob("chunk_*.pt")):
-        data = torch.load(path, weights_only=True)
-        for cid, part in zip(data["clip_ids"], zip(*(t.split(data["counts"]) for t in
-                                                      (data["clean"], data["masked"], data["mask_frac"])))):
-            features[cid] = part
+        try:
+            data = torch.load(path, weights_only=True)
+            columns = [data[k].split(data["counts"]) for k in ("clean", "masked", "mask_frac")]
+            features.update(zip(data["clip_ids"], map(jepa.TubeletFeatures._make, zip(*columns))))
+        except Exception as e:  # torn, foreign or hand-edited file: any failure means the same
+            raise jepa.UserError(f"{path}: corrupt feature chunk ({type(e).__name__}); delete it and rerun with "
+                                 f"--resume to encode just that part again")
     return features
 
 
-def stack(features, records):
-    parts = [features[r["clip_id"]] for r in records]
-    keys = ("clean", "masked", "mask_frac")
-    return {k: torch.cat([p[j] for p in parts]) if parts else torch.empty(0) for j, k in enumerate(keys)}
+def load_or_encode_features(encoder, clips, cfg, folders, fingerprint, workers):
+    """{clip_id: TubeletFeatures} for `clips`: read from the feature chunks of this run (and the read-only
+    --features source), encoding only the clips no chunk holds into this run's folder, encode_chunk_clips
+    clips per chunk. Encoder batches never straddle chunks, so a resumed encoding is bit-identical."""
+    own, source = folders
+    for folder in filter(None, (source, own if (own / "fingerprint.json").exists() else None)):
+        if read_fingerprint(folder) != fingerprint:
+            raise jepa.UserError(f"{folder}: features were encoded with another encoder, manifest or data/mask "
+                                 f"settings; use a new --run-dir (without --features {folder})")
+    features = {**(read_chunks(source) if source else {}), **(read_chunks(own) if own.is_dir() else {})}
+    todo = [c for c in clips if c["clip_id"] not in features]
+    if todo:  # this run's own folder, created only when there is something to encode
+        own.mkdir(parents=True, exist_ok=True)
+        jepa.atomic_write_text(own / "fingerprint.json", json.dumps({"fingerprint": fingerprint,
+                                                                     "clips": len(clips)}))
+        print(f"encoding {len(todo)} of {len(clips)} clips (clean + masked) into {own}", flush=True)
+        features.update(encode_chunks(encoder, todo, cfg, own, workers))
+    return features
+
+
+def encode_chunks(encoder, clips, cfg, feat_dir, workers):
+    """Encode clips into new chunk files in feat_dir, atomically, one chunk per encode_chunk_clips clips."""
+    per_chunk = cfg["training"]["encode_chunk_clips"]
+    first = len(list(feat_dir.glob("chunk_*.pt")))
+    dataset = jepa.JEPADataset(clips, cfg, encoder.processor)
+    stream = jepa.encode_stream(encoder, dataset, cfg["training"]["encode_batch_size"], workers, per_chunk)
+    features, ids = {}, []
+    for clip in tqdm(stream, total=len(clips), unit="clip", mininterval=2):
+        if clip.error:
+            raise jepa.UserError(f"{clip.error} (encoded chunks are kept: fix it and rerun with --resume)")
+        ids.append(clips[clip.index]["clip_id"])
+        features[ids[-1]] = jepa.TubeletFeatures(clip.clean_emb, clip.masked_emb, clip.mask_frac)
+        if len(ids) == per_chunk or clip.index == len(clips) - 1:
+            number = first + clip.index // per_chunk
+            rows = jepa.TubeletFeatures.cat([features[c] for c in ids])
+            data = {"clip_ids": ids, "clean": rows.clean_emb, "masked": rows.masked_emb,
+                    "mask_frac": rows.mask_frac, "counts": [len(features[c].mask_frac) for c in ids]}
+            jepa.atomic_write(feat_dir / f"chunk_{number:05d}.pt", lambda f: torch.save(data, f))
+            jepa.kill_hook_for_tests("encode_chunk", number)  # test hook: no-op unless JEPA_TEST_KILL_AT is set
+            ids = []
+    return features
+
+
+# ---- stage 3: the head ----
+
+class TrainState(NamedTuple):
+    head: jepa.PredictorHead
+    optimizer: torch.optim.Optimizer
+    shuffle_gen: torch.Generator
+    start_epoch: int
+    best: float
+
+
+def build_or_resume_head(cfg, embed_dim, device, last, resume):
+    """A fresh seeded head and AdamW, or on --resume the ones in last.pt with every RNG state restored."""
+    torch.manual_seed(cfg["seed"])
+    m = cfg["model"]
+    head = jepa.PredictorHead(embed_dim, m["predictor_hidden_dim"], m["predictor_dropout"]).to(device)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=cfg["training"]["lr"])
+    shuffle_gen = torch.Generator().manual_seed(cfg["seed"])
+    if not (resume and last.exists()):
+        return TrainState(head, optimizer, shuffle_gen, 1, math.inf)
+    ckpt = jepa.load_checkpoint(last)
+    try:
+        head.load_state_dict(ckpt["model_state"])
+        optimizer.load_state_dict(ckpt["optimizer_state"])
+        jepa.set_rng_state(ckpt["rng"], shuffle_gen)
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+        raise jepa.UserError(f"{last}: cannot resume from it ({type(e).__name__}); restore it from "
+                             f"epoch_NNN.pt or start a new --run-dir")
+    print(f"resuming {last.parent} after epoch {ckpt['epoch']}", flush=True)
+    return TrainState(head, optimizer, shuffle_gen, ckpt["epoch"] + 1, ckpt["best_metric"])
+
+
+def keep_checkpointed_epochs(metrics_path, start_epoch):
+    """Drop metrics lines of epochs after the last checkpoint (they are trained again) and a torn last line."""
+    lines = metrics_path.read_text().splitlines() if metrics_path.exists() else []
+    kept = [ln for ln in lines if ln.strip().endswith("}") and json.loads(ln)["epoch"] < start_epoch]
+    jepa.atomic_write_text(metrics_path, "".join(ln + "\n" for ln in kept))
+
+
+# ---- stage 4: epochs ----
+
+def train_epochs(state, cfg, train_set, val_set, run_dir, identity):
+    """Train up to training.epochs, one JSON line per epoch in metrics.jsonl; last.pt after every epoch (the
+    resume point is only ever a complete epoch), best.pt when the val loss improves, epoch_NNN.pt periodically.
+    Returns the best metric."""
+    t = cfg["training"]
+    last, metrics_path, best = run_dir / "last.pt", run_dir / "metrics.jsonl", state.best
+    keep_checkpointed_epochs(metrics_path, state.start_epoch)
+    for epoch in range(state.start_epoch, t["epochs"] + 1):
+        t_epoch = time.time()
+        try:
+            train_loss = jepa.train_epoch(state.head, state.optimizer, train_set, t["batch_size"],
+                                          state.shuffle_gen, epoch)
+        except FloatingPointError as e:
+            raise jepa.UserError(f"{e}; stopped. The last good checkpoint {last} is intact (try a lower --lr)", 1)
+        val_loss = jepa.validate_epoch(state.head, val_set, t["batch_size"])
+        metric = val_loss if val_loss is not None else train_loss  # no val clips: best by train loss
+        improved, best = metric < best, min(best, metric)
+        line = json.dumps({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "best": improved,
+                           "lr": t["lr"], "time_s": round(time.time() - t_epoch, 3)})
+        print(line, flush=True)
+        with open(metrics_path, "a") as f:
+            f.write(line + "\n")
+        save = dict(head=state.head, optimizer=state.optimizer, epoch=epoch, config=cfg, best_metric=best,
+                    rng=jepa.rng_state(state.shuffle_gen), **identity)
+        if improved:
+            jepa.save_checkpoint(run_dir / "best.pt", **save)
+        if epoch % t["checkpoint_every"] == 0:
+            jepa.save_checkpoint(run_dir / f"epoch_{epoch:03d}.pt", **save)
+        jepa.save_checkpoint(last, **save)
+        jepa.kill_hook_for_tests("epoch_end", epoch)  # test hook: no-op unless JEPA_TEST_KILL_AT is set
+    return best
+
+
+def encode_stage(args, cfg, splits, encoder, device, run_dir):
+    """Stage 2: the train and val TubeletFeatures on `device`, and what checkpoints record about them."""
+    clips = splits.train + splits.val
+    fingerprint = features_fingerprint(encoder, clips, cfg)
+    features = load_or_encode_features(encoder, clips, cfg, feature_folders(args, run_dir), fingerprint,
+                                       jepa.num_workers(cfg, device))
+    train_set = jepa.TubeletFeatures.cat([features[r["clip_id"]] for r in splits.train]).to(device)
+    val_set = jepa.TubeletFeatures.cat([features[r["clip_id"]] for r in splits.val]).to(device)
+    identity = {"encoder_name": cfg["model"]["encoder_name"], "encoder_fingerprint": encoder.fingerprint,
+                "embed_dim": encoder.embed_dim, "features_fingerprint": fingerprint}
+    return train_set, val_set, identity
 
 
 def main(argv=None):
     args = parse_args(argv)
     run_dir = Path(args.run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise jepa.UserError(f"--run-dir {run_dir}: is a file, not a folder; choose another RUN=")
     cfg = resolve_config(args, run_dir)
+    splits = load_splits(resolve_manifest(args, run_dir), cfg)
     device = jepa.resolve_device(args.device)
-    records = read_manifest(args.manifest, cfg["data"]["root"], cfg["data"]["tubelet_size"])
-    splits = assign_splits(records, cfg["seed"], cfg["data"]["val_fraction"], cfg["data"]["use_manifest_split"])
-    train_recs = [r for r, s in zip(records, splits) if s == "train"]
-    val_recs = [r for r, s in zip(records, splits) if s == "val"]
-    if not train_recs:
-        raise jepa.UserError(f"{args.manifest}: no clips to train on ({splits.count('test')} of {len(records)} "
-                             f"are split=test, which is never trained on); use a manifest with train/val clips, "
-                             f"or --set data.use_manifest_split=false to draw a seeded split instead")
-    check_frames(train_recs + val_recs, args.manifest)
     encoder = jepa.VJEPAEncoder(cfg["model"]["encoder_name"], device)  # before the run folder: bad input leaves none
     run_dir.mkdir(parents=True, exist_ok=True)
-    for tmp in run_dir.glob(".*.tmp*"):  # leftovers of a killed write; the real files are intact
-        tmp.unlink()
-    jepa.atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
-    d, enc_recs = cfg["data"], train_recs + val_recs
-    fingerprint = json.dumps([encoder.fingerprint, manifest_fingerprint(enc_recs), d["image_size"],
-                              d["patch_size"], d["tubelet_size"], d["mask_ratio"], cfg["seed"]])
-    fingerprint = hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
-    workers = jepa.num_workers(cfg, device)
-    link = run_dir / "features_from.txt"  # remembers --features, so a --resume without it does not re-encode
-    source = args.features or (link.read_text() if link.exists() else None)
-    feat_dir = run_dir / "features"
-    if source:  # another run's folder or its features/ folder
-        feat_dir = (Path(source) / "features" if (Path(source) / "features").is_dir() else Path(source)).resolve()
-        jepa.atomic_write_text(link, str(feat_dir))
-    t0 = time.time()
-    features = encode_features(encoder, enc_recs, cfg, feat_dir, fingerprint, workers)
-    encode_s = time.time() - t0
-    train_set = {k: v.to(device) for k, v in stack(features, train_recs).items()}
-    val_set = {k: v.to(device) for k, v in stack(features, val_recs).items()}
-    print(f"{len(train_set['clean'])} train / {len(val_set['clean'])} val tubelets "
-          f"({len(train_recs)} / {len(val_recs)} clips); encoding took {encode_s:.1f}s", flush=True)
-    encoder_fingerprint = encoder.fingerprint
-    del encoder  # the encoder is not needed for training the head: free its memory
-
-    t, m = cfg["training"], cfg["model"]
-    torch.manual_seed(cfg["seed"])
-    head = jepa.PredictorHead(features[train_recs[0]["clip_id"]][0].shape[1], m["predictor_hidden_dim"],
-                              m["predictor_dropout"]).to(device)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=t["lr"])
-    shuffle_gen = torch.Generator().manual_seed(cfg["seed"])
-    start, best = 1, math.inf
-    last = run_dir / "last.pt"
-    if args.resume and last.exists():
-        ckpt = jepa.load_checkpoint(last)
-        head.load_state_dict(ckpt["model_state"])
-        optimizer.load_state_dict(ckpt["optimizer_state"])
-        jepa.set_rng_state(ckpt["rng"], shuffle_gen)
-        start, best = ckpt["epoch"] + 1, ckpt["best_metric"]
-        print(f"resuming {run_dir} after epoch {ckpt['epoch']}", flush=True)
-    metrics_path = run_dir / "metrics.jsonl"
-    kept = [ln for ln in (metrics_path.read_text().splitlines() if metrics_path.exists() else [])
-            if ln.strip().endswith("}") and json.loads(ln)["epoch"] < start]  # drop epochs not checkpointed
-    jepa.atomic_write_text(metrics_path, "".join(ln + "\n" for ln in kept))
-    extra = {"encoder_name": cfg["model"]["encoder_name"], "encoder_fingerprint": encoder_fingerprint,
-             "embed_dim": head.norm.normalized_shape[0], "features_fingerprint": fingerprint}
-    for epoch in range(start, t["epochs"] + 1):
-        t_epoch = time.time()
-        try:
-            train_loss = jepa.train_epoch(head, optimizer, train_set, t["batch_size"], shuffle_gen, epoch)
-        except FloatingPointError as e:
-            raise jepa.UserError(f"{e}; stopped. The last good checkpoint {last} is intact (try a lower --lr)", 1)
-        val_loss = jepa.validate_epoch(head, val_set, t["batch_size"])
-        metric = val_loss if val_loss is not None else train_loss  # no val clips: best by train loss
-        improved = metric < best
-        best = min(best, metric)
-        line = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "best": improved,
-                "lr": t["lr"], "time_s": round(time.time() - t_epoch, 3)}
-        print(json.dumps(line), flush=True)
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(line) + "\n")
-        save = dict(head=head, optimizer=optimizer, epoch=epoch, config=cfg, best_metric=best,
-                    rng=jepa.rng_state(shuffle_gen), **extra)
-        if improved:
-            jepa.save_checkpoint(run_dir / "best.pt", **save)
-        if epoch % t["checkpoint_every"] == 0:
-            jepa.save_checkpoint(run_dir / f"epoch_{epoch:03d}.pt", **save)
-        jepa.save_checkpoint(last, **save)  # last: the resume point is only ever a complete epoch
-        jepa.kill_point("epoch_end", epoch)
-    jepa.atomic_write_text(run_dir / "timing.json", json.dumps({"encode_s": encode_s, "total_s": time.time() - t0}))
-    print(f"done: best {'val' if val_set['clean'].numel() else 'train'} loss {best:.6f}; checkpoints in {run_dir} "
+    with jepa.exclusive_lock(run_dir / ".lock", f"run folder {run_dir}"):  # one writer per run folder
+        snapshot_run(run_dir, cfg, resolve_manifest(args, run_dir))
+        t0 = time.time()
+        train_set, val_set, identity = encode_stage(args, cfg, splits, encoder, device, run_dir)
+        encode_s = time.time() - t0
+        del encoder  # training the head does not need it: free its memory
+        print(f"{len(train_set.clean_emb)} train / {len(val_set.clean_emb)} val tubelets ({len(splits.train)} / "
+              f"{len(splits.val)} clips); encoding took {encode_s:.1f}s", flush=True)
+        state = build_or_resume_head(cfg, identity["embed_dim"], device, run_dir / "last.pt", args.resume)
+        best = train_epochs(state, cfg, train_set, val_set, run_dir, identity)
+        jepa.atomic_write_text(run_dir / "timing.json", json.dumps({"encode_s": encode_s,
+                                                                    "total_s": time.time() - t0}))
+    print(f"done: best {'val' if len(val_set.clean_emb) else 'train'} loss {best:.6f}; checkpoints in {run_dir} "
           f"(best.pt, last.pt); total {time.time() - t0:.1f}s, encoding {encode_s:.1f}s", flush=True)
 
 
 if __name__ == "__main__":
-    jepa.run_cli(main)
+    jepa.run_cli(main, on_interrupt="finished epochs and feature chunks are kept; continue with --resume "
+                                    "(RESUME=1)")

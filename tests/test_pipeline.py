@@ -43,9 +43,9 @@ def test_dataset_tubelets_drop_remainder_and_mask_frac(demo_data):
     records = read_manifest(demo_data)
     rec = dict(records[0], frames=records[0]["frames"][:7])  # 7 frames -> 3 tubelets, one frame dropped
     item = jepa.JEPADataset([rec], cfg_with())[0]
-    assert item["clean"].shape == (3, 2, 3, 224, 224) and item["clean"].dtype == torch.uint8
-    assert torch.allclose(item["mask_frac"], torch.full((3,), 294 / 392))
-    assert (item["masked"] == 0).float().mean() >= 0.75
+    assert item.clean.shape == (3, 2, 3, 224, 224) and item.clean.dtype == torch.uint8
+    assert torch.allclose(item.mask_frac, torch.full((3,), 294 / 392))
+    assert (item.masked == 0).float().mean() >= 0.75 and item.is_last and item.start == 0
 
 
 # ---- manifests ----
@@ -79,11 +79,12 @@ def test_predictor_model_and_loss_shapes(tiny_encoder):
     encoder = jepa.VJEPAEncoder(str(tiny_encoder))
     assert encoder.embed_dim == 64 and not any(p.requires_grad for p in encoder.parameters())
     head = jepa.PredictorHead(64, hidden_dim=32, dropout=0.1)
-    model = jepa.JEPAModel(encoder, head).train()
-    assert not encoder.model.training  # the frozen encoder stays in eval mode
+    nn_parent = torch.nn.ModuleList([encoder, head]).train()  # as an optimizer's parent module might
+    assert not encoder.model.training and nn_parent[1].training  # the frozen encoder stays in eval mode
     videos = torch.randint(0, 255, (3, 2, 3, 224, 224), dtype=torch.uint8)
     pix = encoder.process(videos)
-    clean_emb, pred_emb = model(pix, pix * 0, torch.full((3,), 0.75))
+    clean_emb = encoder(pix)
+    pred_emb = head(encoder(pix * 0), torch.full((3,), 0.75))
     assert clean_emb.shape == pred_emb.shape == (3, 64)
     loss = jepa.jepa_loss(pred_emb, clean_emb)
     loss.backward()
@@ -105,9 +106,10 @@ def test_stream_batches_across_clips_in_order(tiny_encoder, demo_data):
     records = read_manifest(demo_data)[:5]
     ds = jepa.JEPADataset(records, cfg_with(), encoder.processor)
     batched = list(jepa.encode_stream(encoder, ds, batch_size=3, num_workers=1))
-    assert [b[0] for b in batched] == list(range(5))
-    single = jepa.JEPAModel(encoder, None).encode_pair(ds[2]["clean"], ds[2]["masked"])
-    assert torch.allclose(batched[2][1], single[0], atol=1e-5) and torch.allclose(batched[2][2], single[1], atol=1e-5)
+    assert [b.index for b in batched] == list(range(5))
+    single = encoder(torch.cat([ds[2].clean, ds[2].masked]))
+    assert torch.allclose(batched[2].clean_emb, single[:4], atol=1e-5)
+    assert torch.allclose(batched[2].masked_emb, single[4:], atol=1e-5)
 
 
 # ---- training ----

@@ -60,7 +60,7 @@ def test_nan_loss_stops_with_epoch_and_batch(tmp_path, tiny_encoder, demo_data, 
 
     def nan_at_epoch_2(head, opt, feats, bs, gen, epoch):
         if epoch == 2:
-            feats = dict(feats, masked=feats["masked"] * float("nan"))
+            feats = feats._replace(masked_emb=feats.masked_emb * float("nan"))
         return real(head, opt, feats, bs, gen, epoch)
 
     monkeypatch.setattr(jepa, "train_epoch", nan_at_epoch_2)
@@ -72,7 +72,7 @@ def test_nan_loss_stops_with_epoch_and_batch(tmp_path, tiny_encoder, demo_data, 
 
 def test_train_epoch_raises_on_nonfinite_loss():
     head = jepa.PredictorHead(4, 8, 0.0)
-    feats = {"clean": torch.ones(3, 4), "masked": torch.full((3, 4), float("inf")), "mask_frac": torch.zeros(3)}
+    feats = jepa.TubeletFeatures(torch.ones(3, 4), torch.full((3, 4), float("inf")), torch.zeros(3))
     with pytest.raises(FloatingPointError, match="epoch 7, batch 0"):
         jepa.train_epoch(head, torch.optim.AdamW(head.parameters()), feats, 2, torch.Generator(), 7)
 
@@ -264,7 +264,7 @@ def test_checkpoint_that_would_run_code_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("JEPA_PWNED", str(marker))
     bad = tmp_path / "evil.pt"
     torch.save({"model_state": RunsCode()}, bad, pickle_protocol=2)
-    with pytest.raises(jepa.UserError, match="refusing to load: not a plain-data jepa-clips checkpoint"):
+    with pytest.raises(jepa.UserError, match=r"not a jepa-clips checkpoint \(or one that would run code\); refusing to load it"):
         jepa.load_checkpoint(bad)
     assert not marker.exists()
     with open(bad, "wb") as f:

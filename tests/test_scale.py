@@ -2,6 +2,8 @@
 import json
 import shutil
 
+import numpy as np
+
 from conftest import run_script, write_jsonl
 
 
@@ -17,11 +19,13 @@ def test_shards_merge_byte_identical_to_single_run(tmp_path, reference, tiny_enc
     merged = tmp_path / "merged.jsonl"
     run_script("infer.py", "--merge", *shards, "--manifest", demo_data, "--output", merged, check=True)
     assert merged.read_bytes() == scored.read_bytes()
+    assert (tmp_path / "merged.jsonl.emb.npy").read_bytes() == (scored.parent / "scores.jsonl.emb.npy").read_bytes()
     assert (tmp_path / "merged.jsonl.meta.json").read_text() == (scored.parent / "scores.jsonl.meta.json").read_text()
 
     proc = run_script("infer.py", "--merge", *shards[:2], "--manifest", demo_data, "--output", merged)
-    assert proc.returncode == 2 and "5 clip(s) missing ['scene_0__CAM_FRONT__002'" in proc.stderr
-    shutil.copy(shards[0], tmp_path / "dup.jsonl")
+    assert proc.returncode == 2 and "clip 'scene_0__CAM_FRONT__002' (line 3) is in no shard" in proc.stderr
+    for suffix in ("", ".meta.json", ".emb.npy"):
+        shutil.copy(f"{shards[0]}{suffix}", f"{tmp_path / 'dup.jsonl'}{suffix}")
     proc = run_script("infer.py", "--merge", *shards, tmp_path / "dup.jsonl", "--manifest", demo_data, "--output", merged)
     assert proc.returncode == 2 and "dup.jsonl:1: clip 'scene_0__CAM_FRONT__000' is also in" in proc.stderr
     assert merged.read_bytes() == scored.read_bytes()  # a refused merge leaves the earlier output alone
@@ -39,6 +43,8 @@ def test_merge_names_a_corrupt_shard_line(tmp_path, demo_data):
     import jepa
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"clip_id": "scene_0__CAM_FRONT__000"}\nnot json\n')
+    (tmp_path / "bad.jsonl.meta.json").write_text('{"embed_dim": 4}')
+    np.save(tmp_path / "bad.jsonl.emb.npy", np.zeros((2, 4), dtype="<f4"))
     with pytest.raises(jepa.UserError, match=r"bad.jsonl:2: not a scores line"):
         infer.main(["--merge", str(bad), "--manifest", str(demo_data), "--output", str(tmp_path / "m.jsonl")])
     assert not (tmp_path / "m.jsonl").exists()
