@@ -79,7 +79,8 @@ def _clip_record(raw, line, base, where):
     if isinstance(fields, str):
         return fields
     clip_id, frames = fields
-    return {"clip_id": clip_id, "scene": str(raw.get("scene_id", raw.get("scene", "unknown"))),
+    return {"clip_id": clip_id, "id_derived": raw.get("clip_id") is None,
+            "scene": str(raw.get("scene_id", raw.get("scene", "unknown"))),
             "camera": str(raw.get("camera", "unknown")), "split": raw.get("split"), "line": line,
             "frames": [f if os.path.isabs(f) else str(Path(base) / f) for f in frames],
             "timestamps": raw.get("timestamps")}
@@ -536,10 +537,10 @@ def frames_manifest(args):
 
 # ---- check ----
 
-def image_size(path):
-    """"WxH" from the image header."""
+def image_header(path):
+    """("WxH", EXIF orientation) from the image header; orientation 1 means upright."""
     with Image.open(path) as im:
-        return f"{im.size[0]}x{im.size[1]}"
+        return f"{im.size[0]}x{im.size[1]}", im.getexif().get(0x0112, 1)
 
 
 def check_manifest(args):
@@ -555,7 +556,11 @@ def check_manifest(args):
             if f not in status:  # overlapping clips share frames: decode each file once
                 status[f] = frame_problem(f, decode=True)
                 if status[f] is None:
-                    sizes[image_size(f)] += 1
+                    size, orientation = image_header(f)
+                    sizes[size] += 1
+                    if orientation != 1:  # the research pipeline never transposes: such a frame is fed sideways
+                        warnings.append(f"{where}: frame {f}: EXIF orientation {orientation} is ignored (frames "
+                                        f"are used as stored); rotate the file if it is meant upright")
             if status[f]:
                 errors.append(f"{where}: frame {f}: {status[f]}")
         earlier = [owner[f] for f in rec["frames"] if owner.get(f, rec) is not rec]
@@ -571,6 +576,9 @@ def check_manifest(args):
           f"\nscenes: {len({r['scene'] for r in records})}\ncameras: {len(cams)} ({listing(cams, ' clips')})"
           f"\nframes: {sum(len(r['frames']) for r in records)} in clips, {len(status)} distinct files"
           f"\nimage sizes: {listing(sizes, ' files')}")
+    derived = sum(r["id_derived"] for r in records)
+    if derived:
+        print(f"clip ids: {derived} of {len(records)} derived ({DERIVED_ID_RULE})")
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
     if errors:

@@ -1,0 +1,251 @@
+"""Hardening, one test per class: no hang on special files, no clobbered file, one writer at a time, memory
+bounded per clip, label mismatches, --features isolation, every error one line, messages that tell the truth."""
+import errno
+import json
+import os
+import shutil
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import eval as evaluation
+import infer
+import jepa
+import train
+from conftest import CHUNK, run_script, write_jsonl
+from manifest import check_frames, read_manifest
+
+FIXED = ["--set", "data.num_workers=0"]
+
+
+def clip_rows(tmp_path, frames):
+    """A manifest with one clip per frame list; returns its path."""
+    return write_jsonl(tmp_path / "m.jsonl", [{"clip_id": f"c{i}", "scene": "s", "frame_paths": list(map(str, f))}
+                                              for i, f in enumerate(frames)])
+
+
+# ---- 1. hangs: only regular files are frames ----
+
+def test_fifo_frame_is_an_error_record_not_a_hang(tmp_path, reference, tiny_encoder, demo_data):
+    good = read_manifest(demo_data)[0]["frames"][:2]
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    manifest = clip_rows(tmp_path, [good, [good[0], fifo], good])
+    out = tmp_path / "s.jsonl"
+    proc = run_script("infer.py", "--checkpoint", reference / "best.pt", "--manifest", manifest, "--encoder",
+                      tiny_encoder, "--output", out, *FIXED)
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert proc.returncode == 1 and [r["score"] is None for r in rows] == [False, True, False]
+    assert "not a regular file but a named pipe (FIFO)" in rows[1]["error"]
+    with pytest.raises(jepa.UserError, match=r"m.jsonl:2: frame .*pipe.jpg: not a regular file but a named pipe"):
+        check_frames(read_manifest(manifest), manifest)
+    assert jepa.special_file_problem("/dev/zero") == "not a regular file but a character device"
+
+
+# ---- 2. clobbering: outputs are regular files, never an input ----
+
+def test_outputs_never_replace_special_files_inputs_or_symlinks(tmp_path, reference, tiny_encoder, demo_data):
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    for special in (fifo, "/dev/null"):
+        with pytest.raises(jepa.UserError, match="is not a regular file"):
+            jepa.atomic_write_text(special, "x")
+    assert fifo.exists() and not fifo.is_file() and os.path.exists("/dev/null")
+    with pytest.raises(jepa.UserError, match="is a folder; pass a file path"):
+        jepa.atomic_write_text(tmp_path, "x")
+
+    target = tmp_path / "real.json"
+    target.write_text("old")
+    (tmp_path / "link.json").symlink_to(target)
+    jepa.atomic_write_text(tmp_path / "link.json", "new")  # written through: the link stays a link
+    assert (tmp_path / "link.json").is_symlink() and target.read_text() == "new"
+
+    ckpt_copy = tmp_path / "best.pt"
+    shutil.copy(reference / "best.pt", ckpt_copy)
+    before = ckpt_copy.read_bytes()
+    for output, flag in ((ckpt_copy, "--checkpoint"), (demo_data, "--manifest")):
+        proc = run_script("eval.py", "--checkpoint", ckpt_copy, "--manifest", demo_data, "--encoder", tiny_encoder,
+                          "--output", output)
+        assert proc.returncode == 2 and f"is also this command's {flag}" in proc.stderr
+    proc = run_script("infer.py", "--checkpoint", ckpt_copy, "--manifest", demo_data, "--output", demo_data)
+    assert proc.returncode == 2 and "is also this command's --manifest" in proc.stderr
+    assert ckpt_copy.read_bytes() == before
+
+
+# ---- 3. two writers ----
+
+def test_second_writer_is_refused_naming_the_first(tmp_path, reference, tiny_encoder, demo_data):
+    out = tmp_path / "s.jsonl"
+    with jepa.exclusive_lock(tmp_path / ".s.jsonl.lock", "test"):  # as a running infer.py holds it
+        proc = run_script("infer.py", "--checkpoint", reference / "best.pt", "--manifest", demo_data, "--encoder",
+                          tiny_encoder, "--output", out, "--shard", "1/3")
+        assert proc.returncode == 2 and f"being written by another process (pid {os.getpid()}" in proc.stderr
+        run = tmp_path / "run"
+        shutil.copytree(reference, run)
+        with jepa.exclusive_lock(run / ".lock", "test"):
+            with pytest.raises(jepa.UserError, match=f"run folder .*run is being written by another process"):
+                train.main(["--run-dir", str(run), "--resume", "--encoder", str(tiny_encoder),
+                            "--manifest", str(demo_data), "--epochs", "6"])
+    assert not out.exists() and json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["epoch"] == 4
+    # the lock dies with its holder: a rerun after the holder is gone goes through
+    assert run_script("infer.py", "--checkpoint", reference / "best.pt", "--manifest", demo_data, "--encoder",
+                      tiny_encoder, "--output", out, "--shard", "1/3").returncode == 0
+
+
+# ---- 4. memory bounded per clip ----
+
+def test_long_clip_is_decoded_in_bounded_slices_with_identical_results(tmp_path, tiny_encoder, demo_data,
+                                                                       monkeypatch):
+    frames = [f for r in read_manifest(demo_data)[:8] for f in r["frames"]]  # one 64-frame "drive"
+    cfg = jepa.load_config(None, ["data.num_workers=0"])
+    encoder = jepa.VJEPAEncoder(str(tiny_encoder))
+    clips = [{"clip_id": "long", "frames": frames}, {"clip_id": "short", "frames": frames[:6]}]
+    in_flight, peak = [0], [0]
+    real_load = jepa.load_frame
+
+    def counting_load(path, size):  # frames decoded for the item being built
+        in_flight[0] += 1
+        peak[0] = max(peak[0], in_flight[0])
+        return real_load(path, size)
+
+    real_getitem = jepa.JEPADataset.__getitem__
+
+    def getitem(self, j):
+        item = real_getitem(self, j)
+        in_flight[0] = 0  # the item is built; the next one decodes afresh
+        return item
+
+    monkeypatch.setattr(jepa, "load_frame", counting_load)
+    monkeypatch.setattr(jepa.JEPADataset, "__getitem__", getitem)
+    sliced = list(jepa.encode_stream(encoder, jepa.JEPADataset(clips, cfg, encoder.processor), 8, 0))
+    assert peak[0] == jepa.SLICE_TUBELETS * 2  # 16 frames at a time, not 64
+    whole = list(jepa.encode_stream(encoder, jepa.JEPADataset(clips, cfg, encoder.processor, slice_tubelets=64),
+                                    8, 0))
+    assert [len(c.clean_emb) for c in sliced] == [32, 3]
+    for a, b in zip(sliced, whole):  # the same batches, so bit-identical embeddings
+        assert torch.equal(a.clean_emb, b.clean_emb) and torch.equal(a.masked_emb, b.masked_emb)
+    assert jepa.JEPADataset(clips, cfg, slice_tubelets=8).__len__() == 4 + 1
+
+
+# ---- 5. silent mismatches ----
+
+def test_labels_that_match_no_clip_are_an_error_and_few_a_warning(tmp_path, capsys):
+    records = [{"clip_id": f"c{i}"} for i in range(4)]
+    with pytest.raises(jepa.UserError, match=r"l.jsonl: none of its 2 clip_ids is in m.jsonl; e.g. the labels "
+                                             r"have 'x0', the manifest has 'c0'"):
+        evaluation.check_label_overlap({"x0": 1, "x1": 0}, records, "l.jsonl", "m.jsonl")
+    evaluation.check_label_overlap({"c0": 1, "x1": 0, "x2": 0}, records, "l.jsonl", "m.jsonl")
+    assert "warning: l.jsonl: only 1 of its 3 clip_ids are in m.jsonl" in capsys.readouterr().err
+
+
+def test_derived_clip_id_rule_is_printed_by_check(tmp_path):
+    img = tmp_path / "a.jpg"
+    Image.new("RGB", (32, 32)).save(img)
+    m = write_jsonl(tmp_path / "m.jsonl", [{"scene_id": "s", "frames": ["a.jpg", "a.jpg"]}])
+    proc = run_script("manifest.py", "check", "--manifest", m)
+    assert proc.returncode == 0 and "SCENE__CAMERA__HASH" in proc.stdout and "seeds the clip's masks" in proc.stdout
+
+
+# ---- 6. --features from another run: read-only, reuse what matches ----
+
+def test_features_from_another_run_are_never_written(tmp_path, tiny_encoder, demo_data, reference):
+    source = tmp_path / "src"
+    shutil.copytree(reference, source)
+    (source / "features" / "chunk_00003.pt").unlink()  # a partly encoded source: clips 12-14 missing
+    before = {p.name: p.read_bytes() for p in (source / "features").iterdir()}
+    train.main(["--manifest", str(demo_data), "--encoder", str(tiny_encoder), "--run-dir", str(tmp_path / "new"),
+                "--epochs", "4", "--features", str(source), *CHUNK[:2], "--set", "training.encode_chunk_clips=5"])
+    assert {p.name: p.read_bytes() for p in (source / "features").iterdir()} == before
+    own = sorted(p.name for p in (tmp_path / "new" / "features").glob("chunk_*.pt"))
+    assert own == ["chunk_00000.pt"]  # only the 3 missing clips, encoded into the new run's own folder
+    got, ref = (jepa.load_checkpoint(d / "last.pt")["model_state"] for d in (tmp_path / "new", reference))
+    assert all(torch.allclose(got[k], ref[k], atol=1e-6) for k in ref)
+
+
+def test_corrupt_feature_files_are_named_with_the_fix(tmp_path, tiny_encoder, demo_data, reference):
+    run = tmp_path / "r"
+    shutil.copytree(reference, run)
+    args = ["--manifest", str(demo_data), "--encoder", str(tiny_encoder), "--run-dir", str(run), "--resume"]
+    (run / "features" / "chunk_00001.pt").write_bytes(b"torn")
+    with pytest.raises(jepa.UserError, match=r"chunk_00001.pt: corrupt feature chunk .*delete it and rerun"):
+        train.main(args)
+    (run / "features" / "fingerprint.json").write_text("{")
+    with pytest.raises(jepa.UserError, match=r"fingerprint.json: unreadable or corrupt; delete .*features"):
+        train.main(args)
+
+
+# ---- every error one line ----
+
+@pytest.mark.parametrize("extra, message", [
+    (["--set", "training.lr=[1e-3"], "--set training.lr=[1e-3: the value is not valid YAML"),
+    (["--seed", "1" * 30], "config key seed = 1111"),
+    (["--device", "mps"], "--device mps: Apple MPS is not available here"),
+])
+def test_bad_flags_are_one_line(tmp_path, tiny_encoder, demo_data, extra, message):
+    if extra[0] == "--device" and torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+    proc = run_script("train.py", "--manifest", demo_data, "--encoder", tiny_encoder, "--run-dir", tmp_path / "r",
+                      *extra)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_run_dir_that_is_a_file(tmp_path, tiny_encoder, demo_data):
+    (tmp_path / "f").write_text("")
+    with pytest.raises(jepa.UserError, match="--run-dir .*f: is a file, not a folder"):
+        train.main(["--manifest", str(demo_data), "--run-dir", str(tmp_path / "f")])
+
+
+@pytest.mark.parametrize("corrupt, message", [
+    (lambda c: c.update(config="text"), r"config missing or malformed"),
+    (lambda c: c.update(format_version="1"), r"format_version missing or malformed"),
+    (lambda c: c["model_state"].update({"norm.weight": torch.zeros(3)}), r"its weights do not fit the head"),
+])
+def test_malformed_checkpoints_are_one_line(tmp_path, reference, tiny_encoder, demo_data, corrupt, message):
+    ckpt = torch.load(reference / "best.pt", weights_only=True)
+    corrupt(ckpt)
+    torch.save(ckpt, tmp_path / "bad.pt")
+    proc = run_script("eval.py", "--checkpoint", tmp_path / "bad.pt", "--manifest", demo_data, "--encoder",
+                      tiny_encoder, "--output", tmp_path / "e.json")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith(f"error: {tmp_path / 'bad.pt'}: ") and len(proc.stderr.splitlines()) == 1
+    assert __import__("re").search(message, proc.stderr)
+
+
+def test_read_only_folder_write_is_one_line(tmp_path, monkeypatch):
+    def read_only(*a, **k):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr("builtins.open", read_only)
+    monkeypatch.setattr(type(tmp_path), "unlink", read_only)  # the cleanup fails too on a read-only folder
+    with pytest.raises(jepa.UserError, match=r"cannot write .*x.json: Read-only file system; choose another"):
+        jepa.atomic_write_text(tmp_path / "x.json", "{}")
+
+
+# ---- messages that tell the truth ----
+
+def test_interrupt_messages_and_bom(tmp_path, capsys, demo_data):
+    def interrupted():
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as e:
+        jepa.run_cli(interrupted, on_interrupt="complete lines are kept; run the same command again")
+    assert e.value.code == 130 and "complete lines are kept" in capsys.readouterr().err
+    for script, words in (("infer.py", "complete lines are kept"), ("eval.py", "nothing was written"),
+                          ("train.py", "continue with --resume")):
+        assert words in (jepa.Path(__file__).parents[1] / script).read_text()
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + demo_data.read_bytes())
+    assert [r["clip_id"] for r in read_manifest(bom, demo_data.parent)] == \
+        [r["clip_id"] for r in read_manifest(demo_data)]
+
+
+def test_output_that_is_a_folder_and_float_tiff(tmp_path, reference, tiny_encoder, demo_data):
+    proc = run_script("eval.py", "--checkpoint", reference / "best.pt", "--manifest", demo_data, "--encoder",
+                      tiny_encoder, "--output", tmp_path)
+    assert proc.returncode == 2 and "is a folder; pass a file path" in proc.stderr
+    Image.fromarray(np.full((8, 8), 0.5, dtype=np.float32), mode="F").save(tmp_path / "f.tif")
+    assert jepa.load_frame(tmp_path / "f.tif", 8).mean() == pytest.approx(127, abs=1)  # not black
