@@ -119,7 +119,8 @@ def read_selection(path):
         if problem:
             raise jepa.UserError(f"{where}: {problem}")
         last_rank = obj["rank"]
-        picks.append({"scene": "unknown", "camera": "unknown", "near_duplicates": [], **obj})
+        picks.append({**obj, "scene": obj.get("scene") or "unknown", "camera": obj.get("camera") or "unknown",
+                      "near_duplicates": obj.get("near_duplicates", [])})
     return picks
 
 
@@ -253,6 +254,7 @@ def clip_facts(clip, record, tubelet_size):
     size = tubelet_size or max(n // max(len(tubs), 1), 1)  # infer.py drops only a remainder
     peak = peak_tubelet(tubs) if record else None  # without the manifest the frames of a tubelet are unknown
     peak_frames = [f for f in range(peak * size, (peak + 1) * size) if f < n] if peak is not None else []
+    peak = peak if peak_frames else None  # more tubelets than frames: scores from another manifest
     return {**clip, "frames": frames, "stamps": stamps, "peak": peak, "peak_frames": peak_frames,
             "first_frame": frames[0] if frames else None, "last_frame": frames[-1] if record else None,
             "first_timestamp": stamps[0] if stamps else None,
