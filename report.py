@@ -1,32 +1,51 @@
-"""One self-contained HTML page for reviewing the clips infer.py scored as most novel, plus the ranking
-metrics eval.py reports when it has labels.
+"""One self-contained HTML page for deciding which of the clips infer.py scored go to labelling.
 
 Usage:
   python report.py --scores experiments/RUN/scores.jsonl --output report.html
-  python report.py --scores S --manifest clips.jsonl [--data-root R] [--top 50] [--bottom 10] --output report.html
+  python report.py --scores S --manifest clips.jsonl [--data-root R] [--labels L]
+                   [--selection selection.jsonl] [--top 50] [--bottom 10] --output report.html
 
-The page has no scripts, no server and no network references: thumbnails are inlined as small JPEG data
-URIs and charts are inline SVG, so it opens from disk in any browser and can be mailed. Links to the frames
-are file:// URIs (they work on the machine that holds the frames). Without --manifest, each clip shows only
-its first frame; with it, a strip of frames across the clip with the most surprising tubelet outlined.
+Per listed clip: an animated preview (WebP, the peak tubelet marked PEAK), a strip of stills, the novelty of
+each tubelet, its time span, score percentile and label; clicking the preview opens a large view with the
+clip's full-size frames. With --labels the page shows the ranking metrics eval.py reports (trained score vs a
+random ranking) and the known positives the ranking missed. With --selection (selection.jsonl from
+`make select`) it lists the picks with their folded near-duplicates, pre-checked for export. Checkboxes and
+"copy / download selected" export clip_id, scene, camera, score, first/last frame and timestamps.
+
+Everything is inlined (images as data URIs, charts as SVG, one small script for the export buttons), so the
+page opens from disk offline; without scripts all but the export buttons still work. Frame links and the
+large view's full-size frames are relative to the report, so the page and the frames folder move together.
 """
 import argparse
 import base64
+import bisect
+import csv
 import datetime
+import functools
 import html
 import io
 import json
 import math
+import os
+import urllib.parse
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 import jepa
-from eval import rank_order
+from eval import random_baseline, rank_order, ranking_metrics, ranking_table, read_labels
 from manifest import read_jsonl, read_manifest
 
-THUMB_SIZE = (160, 120)  # box a thumbnail fits in: ~4 KB as JPEG, so TOP=50 stays around 1-2 MB
+THUMB_SIZE = (160, 120)  # box a still fits in: ~4 KB as JPEG
 THUMB_QUALITY = 70
+PREVIEW_BOX = (240, 135)  # animated preview: ~60 KB for 16 real 720p frames, so TOP=50 stays well under 10 MB
+PREVIEW_QUALITY = 55
+FRAME_MS = (100, 500, 200)  # preview frame time: the real gap clamped to [min, max] ms; without stamps: 200
+EPOCH_US = 1e14  # timestamps (µs) past this are dates (nuScenes), smaller ones offsets into a video
+EXPORT_FIELDS = ("clip_id", "scene", "camera", "score", "first_frame", "last_frame", "first_timestamp",
+                 "last_timestamp")
+PEAK_RGB = (232, 89, 12)
+DUP_REASONS = ("near_duplicate", "scene_quota")
 
 
 # ---- reading inputs ----
@@ -36,13 +55,14 @@ def _number(x):
 
 
 def read_scores(path):
-    """infer.py's scores JSONL -> list of clip dicts in file order. A NaN/inf score is kept as a failed clip."""
+    """infer.py's scores JSONL -> list of clip dicts in file order. A NaN/inf score is kept as a failed
+    clip."""
     rows = read_jsonl(path, "scores file", " (write one with infer.py --output)")
     clips = []
     for where, obj in rows:
         score, tubs = obj.get("score"), obj.get("tubelet_scores", [])
-        if (score is not None and not _number(score)) or not isinstance(tubs, list) or not all(map(_number, tubs)) \
-                or not isinstance(obj.get("first_frame") or "", str):
+        if (score is not None and not _number(score)) or not isinstance(tubs, list) \
+                or not all(map(_number, tubs)) or not isinstance(obj.get("first_frame") or "", str):
             raise jepa.UserError(f"{where}: score must be a number or null, tubelet_scores a list of numbers "
                                  f"and first_frame a path")
         clip = {"scene": "unknown", "camera": "unknown", "first_frame": None, **obj, "tubelet_scores": tubs}
@@ -66,65 +86,232 @@ def read_meta(scores_path):
     return {}
 
 
-# ---- HTML pieces ----
+def _pick_problem(obj, last_rank):
+    """What is wrong with one selection.jsonl line, or None."""
+    is_int = isinstance(obj.get("rank"), int) and not isinstance(obj.get("rank"), bool)
+    if not is_int or obj["rank"] <= last_rank:
+        return f"rank must be an integer above the previous line's ({last_rank}), got {obj.get('rank')!r}"
+    if not _number(obj.get("score")):
+        return f"score must be a number, got {obj.get('score')!r}"
+    for key in ("scene", "camera", "first_frame", "last_frame"):
+        if not isinstance(obj.get(key, ""), (str, type(None))):
+            return f"{key} must be a string or null"
+    for key in ("first_timestamp", "last_timestamp"):
+        if obj.get(key) is not None and not _number(obj[key]):
+            return f"{key} must be a number or null"
+    dups = obj.get("near_duplicates", [])
+    if not isinstance(dups, list) or not all(map(_good_duplicate, dups)):
+        return ("near_duplicates must be a list of {clip_id: string, score and similarity: number or null, "
+                f"reason: {' or '.join(DUP_REASONS)}}}")
+    return None
+
+
+def _good_duplicate(d):
+    return isinstance(d, dict) and isinstance(d.get("clip_id"), str) and d.get("reason") in DUP_REASONS \
+        and all(d.get(k) is None or _number(d[k]) for k in ("score", "similarity"))
+
+
+def read_selection(path):
+    """selection.jsonl from `make select` -> list of picks in rank order; UserError `file:line: what`."""
+    picks, last_rank = [], 0
+    for where, obj in read_jsonl(path, "selection file", " (write one with make select)"):
+        problem = _pick_problem(obj, last_rank)
+        if problem:
+            raise jepa.UserError(f"{where}: {problem}")
+        last_rank = obj["rank"]
+        picks.append({**obj, "scene": obj.get("scene") or "unknown", "camera": obj.get("camera") or "unknown",
+                      "near_duplicates": obj.get("near_duplicates", [])})
+    return picks
+
+
+# ---- images ----
+
+def load_small(path, box=PREVIEW_BOX):
+    """The image at `path` fitted into `box` (RGB), or None when it is missing or unreadable."""
+    try:
+        with Image.open(path) as im:
+            im.draft("RGB", box)  # JPEG: decode at a reduced scale, much faster for large frames
+            im = im.convert("RGB")
+            im.thumbnail(box)
+            return im
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None
+
+
+def jpeg_uri(im):
+    im = im.copy()
+    im.thumbnail(THUMB_SIZE)
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=THUMB_QUALITY)
+    return data_uri(buf.getvalue(), "image/jpeg")
+
+
+def data_uri(data, mime):
+    return f"data:{mime};base64," + base64.b64encode(data).decode()
+
+
+def thumbnail(path):
+    """A small JPEG data URI of an image file, or None when it is missing or unreadable."""
+    im = load_small(path, THUMB_SIZE)
+    return jpeg_uri(im) if im else None
+
+
+def spaced(n, count, extra=()):
+    """Up to `count` evenly spaced frame indices of an n-frame clip (first and last in), plus `extra`."""
+    picks = {round(j * (n - 1) / (count - 1)) for j in range(count)} if count > 1 and n > 1 else {0}
+    return sorted(picks | set(extra))
+
+
+def frame_ms(stamps, indices):
+    """Per preview frame, how long it shows: the real gap to the next frame, clamped to FRAME_MS."""
+    lo, hi, default = FRAME_MS
+    if not stamps:
+        return [default] * len(indices)
+    gaps = [(stamps[b] - stamps[a]) / 1000 for a, b in zip(indices, indices[1:])]
+    gaps.append(gaps[-1] if gaps else default)
+    return [int(min(max(g, lo), hi)) for g in gaps]
+
+
+def marked_frame(im, size, i, n, peak_frames, font):
+    """One preview frame: a timeline along the bottom (peak tubelet span, cursor at this frame), the frame
+    number, and on the peak tubelet's frames an outline plus the word PEAK (colour is not the only cue)."""
+    frame = Image.new("RGB", size, (200, 200, 200)) if im is None else im.resize(size)  # resize: a copy
+    w, h = size
+    d = ImageDraw.Draw(frame)
+    d.rectangle([0, h - 7, w, h], fill=(30, 30, 30))
+    if peak_frames:
+        d.rectangle([peak_frames[0] / n * w, h - 7, (peak_frames[-1] + 1) / n * w, h], fill=PEAK_RGB)
+    x = (i + 0.5) / n * w
+    d.polygon([(x - 5, h - 1), (x + 5, h - 1), (x, h - 10)], fill="white", outline="black")
+    d.text((w - 4, 3), f"f{i}", font=font, fill="white", anchor="ra", stroke_width=2, stroke_fill="black")
+    if im is None:
+        d.text((w / 2, h / 2), "no image", font=font, fill="black", anchor="mm")
+    if i in peak_frames:
+        d.rectangle([0, 0, w - 1, h - 8], outline=PEAK_RGB, width=3)
+        d.rectangle([3, 3, 44, 18], fill=PEAK_RGB)
+        d.text((6, 4), "PEAK", font=font, fill="black")
+    return frame
+
+
+def preview_uri(images, indices, n, peak_frames, stamps):
+    """Animated WebP data URI of the frames at `indices` (`images(i)` gives each fitted frame or None)."""
+    fitted = [images(i) for i in indices]
+    size = next((im.size for im in fitted if im), None)
+    if size is None:
+        return None
+    font = ImageFont.load_default(12)
+    frames = [marked_frame(im, size, i, n, peak_frames, font) for im, i in zip(fitted, indices)]
+    buf = io.BytesIO()
+    frames[0].save(buf, "WEBP", save_all=True, append_images=frames[1:], duration=frame_ms(stamps, indices),
+                   loop=0, quality=PREVIEW_QUALITY, method=2)  # 2: half the time of 4, +5% size
+    return data_uri(buf.getvalue(), "image/webp")
+
+
+# ---- per-clip facts ----
 
 def esc(text):
     return html.escape(str(text), quote=True)
 
 
-def thumbnail(path):
-    """A small JPEG data URI of an image file, or None when it is missing or unreadable."""
+def link(path, out_dir):
+    """URL of a file for href/src: relative to the report's folder, so the page and the frames move together;
+    a file:// URI where no relative path exists (another drive on Windows)."""
     try:
-        with Image.open(path) as im:
-            im.draft("RGB", THUMB_SIZE)  # JPEG: decode at a reduced scale, much faster for large frames
-            im = im.convert("RGB")
-            im.thumbnail(THUMB_SIZE)
-            buf = io.BytesIO()
-            im.save(buf, "JPEG", quality=THUMB_QUALITY)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        return None
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+        return urllib.parse.quote(Path(os.path.relpath(Path(path).absolute(), out_dir)).as_posix())
+    except ValueError:
+        return Path(path).absolute().as_uri()
 
 
-def frame_strip(frames, tubelet_scores, count, tubelet_size=None):
-    """HTML strip of `count` evenly spaced frames plus the first frame of the peak tubelet (outlined).
-
-    Without a known tubelet size it is estimated as frames // tubelets (infer.py drops only a remainder)."""
-    n = len(frames)
-    tubelet_size = tubelet_size or max(n // max(len(tubelet_scores), 1), 1)
-    picks = {round(j * (n - 1) / (count - 1)) for j in range(count)} if count > 1 and n > 1 else {0}
-    peak = None
-    if tubelet_scores and n > 1:
-        peak = min(max(range(len(tubelet_scores)), key=tubelet_scores.__getitem__) * tubelet_size, n - 1)
-        picks.add(peak)
-    cells = []
-    for i in sorted(picks):
-        uri, cls = thumbnail(frames[i]), " peak" if i == peak else ""
-        img = f'<img src="{uri}" alt="frame {i}">' if uri else '<div class="ph">no image</div>'
-        cells.append(f'<figure class="t{cls}"><a href="{esc(file_uri(frames[i]))}">{img}</a>'
-                     f'<figcaption>f{i}{" peak" if cls else ""}</figcaption></figure>')
-    return "".join(cells)
+def clock(us):
+    if us < EPOCH_US:
+        return f"{us / 1e6:.2f} s"
+    when = datetime.datetime.fromtimestamp(us / 1e6, datetime.timezone.utc)
+    return when.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
 
 
-def file_uri(path):
-    return Path(path).absolute().as_uri()
+def offset(f, i):
+    """Seconds from the clip's first frame to frame i."""
+    return (f["stamps"][i] - f["stamps"][0]) / 1e6
 
+
+def time_span(stamps):
+    if not stamps:
+        return "no timestamps"
+    return f"{clock(stamps[0])} &rarr; {clock(stamps[-1])} ({(stamps[-1] - stamps[0]) / 1e6:.2f} s long)"
+
+
+def peak_tubelet(tubs):
+    return max(range(len(tubs)), key=tubs.__getitem__) if tubs else None
+
+
+def clip_facts(clip, record, tubelet_size):
+    """Frames, timestamps and the peak tubelet's frames of a scored clip, plus its export fields."""
+    frames = record["frames"] if record else [clip["first_frame"]] if clip.get("first_frame") else []
+    stamps = record.get("timestamps") if record else None
+    if not (isinstance(stamps, list) and len(stamps) == len(frames) and all(map(_number, stamps))):
+        stamps = None  # a manifest may carry none, or text; the page then shows no times
+    tubs, n = clip["tubelet_scores"], len(frames)
+    size = tubelet_size or max(n // max(len(tubs), 1), 1)  # infer.py drops only a remainder
+    peak = peak_tubelet(tubs) if record else None  # without the manifest the frames of a tubelet are unknown
+    peak_frames = [f for f in range(peak * size, (peak + 1) * size) if f < n] if peak is not None else []
+    peak = peak if peak_frames else None  # more tubelets than frames: scores from another manifest
+    return {**clip, "frames": frames, "stamps": stamps, "peak": peak, "peak_frames": peak_frames,
+            "first_frame": frames[0] if frames else None, "last_frame": frames[-1] if record else None,
+            "first_timestamp": stamps[0] if stamps else None,
+            "last_timestamp": stamps[-1] if stamps else None,
+            "small": functools.lru_cache(maxsize=None)(lambda i: load_small(frames[i]))}  # decoded once
+
+
+def peak_words(f):
+    """The peak tubelet in words (the bars and outline say it in colour and shape)."""
+    tubs = f["tubelet_scores"]
+    if f["peak"] is None:
+        return f"peak: tubelet t{peak_tubelet(tubs)} of {len(tubs)}" if tubs else "no tubelet scores"
+    a, b = f["peak_frames"][0], f["peak_frames"][-1]
+    when = f", {offset(f, a):.2f}&ndash;{offset(f, b):.2f} s into the clip" if f["stamps"] else ""
+    return f"peak: tubelet t{f['peak']} of {len(tubs)} (frames f{a}&ndash;f{b}{when})"
+
+
+def export_row(d):
+    return {k: d.get(k) for k in EXPORT_FIELDS}
+
+
+def csv_line(row):
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="").writerow(["" if v is None else v for v in row.values()])
+    return buf.getvalue()
+
+
+def pick_box(d, checked):
+    """The export checkbox of one clip; the CSV and JSONL lines it exports are embedded in it."""
+    row = export_row(d)
+    return (f'<input type="checkbox" class="pick" aria-label="select for export" title="select for export" '
+            f'data-id="{esc(d["clip_id"])}" data-csv="{esc(csv_line(row))}" '
+            f'data-json="{esc(json.dumps(row, ensure_ascii=False))}"{" checked" if checked else ""}>')
+
+
+# ---- HTML pieces ----
 
 def svg_bars(values, vmax, width=200, height=50):
-    """Per-tubelet scores as a small bar chart on the report-wide scale `vmax`; the peak bar is orange."""
+    """Per-tubelet scores as a small bar chart on the report-wide scale `vmax`; the peak bar is orange and
+    carries a triangle and the word "peak" (for readers who cannot tell the colours apart)."""
     if not values:
         return '<span class="muted">no tubelet scores</span>'
-    bw, peak = width / len(values), max(range(len(values)), key=values.__getitem__)
+    bw, peak, top = width / len(values), peak_tubelet(values), 22  # room for the peak label
     bars = []
     for i, v in enumerate(values):
         h = max(v, 0) / vmax * (height - 2) if vmax > 0 else 0
-        bars.append(f'<rect x="{i * bw + 1:.1f}" y="{height - h:.1f}" width="{max(bw - 2, 1):.1f}" '
-                    f'height="{h:.1f}" class="{"pk" if i == peak else "b"}"><title>tubelet {i}: {v:.4f}</title>'
-                    f'</rect>')
-    return (f'<svg width="{width}" height="{height + 14}" role="img" aria-label="tubelet scores">{"".join(bars)}'
-            f'<line x1="0" x2="{width}" y1="{height}" y2="{height}" class="ax"/>'
-            f'<text x="0" y="{height + 12}">t0</text><text x="{width}" y="{height + 12}" text-anchor="end">'
-            f't{len(values) - 1}</text></svg>')
+        bars.append(f'<rect x="{i * bw + 1:.1f}" y="{top + height - h:.1f}" width="{max(bw - 2, 1):.1f}" '
+                    f'height="{h:.1f}" class="{"pk" if i == peak else "b"}"><title>tubelet {i}: {v:.4f}'
+                    f'</title></rect>')
+    x, y = (peak + 0.5) * bw, top + height - (max(values[peak], 0) / vmax * (height - 2) if vmax > 0 else 0)
+    anchor = "start" if x < width / 3 else "end" if x > width * 2 / 3 else "middle"
+    return (f'<svg width="{width}" height="{top + height + 14}" role="img" aria-label="tubelet scores, peak '
+            f't{peak}">{"".join(bars)}<path d="M{x - 4:.1f},{y - 9:.1f}h8l-4,7z" class="pkm"/>'
+            f'<text x="{x:.1f}" y="{y - 10:.1f}" text-anchor="{anchor}" class="pkt">peak t{peak}</text>'
+            f'<line x1="0" x2="{width}" y1="{top + height}" y2="{top + height}" class="ax"/>'
+            f'<text x="0" y="{top + height + 12}">t0</text><text x="{width}" y="{top + height + 12}" '
+            f'text-anchor="end">t{len(values) - 1}</text></svg>')
 
 
 def svg_histogram(scores, top, cut=None, bins=30, width=760, height=140):
@@ -148,31 +335,174 @@ def svg_histogram(scores, top, cut=None, bins=30, width=760, height=140):
         at = left + (sum(cut) / 2 - lo) / span * width
         east = at < left + width / 2  # the label goes on the side of the line that has room
         parts.append(f'<line x1="{at:.1f}" x2="{at:.1f}" y1="4" y2="{base}" class="cut"/>'
-                     f'<text x="{at + (4 if east else -4):.1f}" y="14" text-anchor="{"start" if east else "end"}" '
-                     f'class="cut">top {top}: score &#8805; {cut[0]:.4f}</text>')
+                     f'<text x="{at + (4 if east else -4):.1f}" y="14" class="cut" '
+                     f'text-anchor="{"start" if east else "end"}">top {top}: score &#8805; {cut[0]:.4f}'
+                     f'</text>')
     return (f'<svg width="{left + width + 10}" height="{base + 22}" role="img" aria-label="score histogram">'
             f'{"".join(parts)}</svg>')
 
 
-def clip_frames(clip, manifest_frames):
-    """A clip's frame paths: from the manifest when it has the clip, else the scores file's first_frame."""
-    return manifest_frames.get(clip["clip_id"]) or ([clip["first_frame"]] if clip.get("first_frame") else [])
+class Page:
+    """What every clip card needs to know about the whole page."""
+
+    def __init__(self, clips, args, meta, records, labels, picks):
+        self.args, self.labels, self.records = args, labels, records
+        self.out_dir = Path(args.output).absolute().parent
+        self.scored = [c for c in clips if c["score"] is not None]
+        self.by_id = {c["clip_id"]: c for c in self.scored}
+        self.order = [self.by_id[c] for c in rank_order({c["clip_id"]: c["score"] for c in self.scored})]
+        self.ranks = {c["clip_id"]: i for i, c in enumerate(self.order, 1)}
+        self.sorted_scores = sorted(c["score"] for c in self.scored)
+        self.tubelet_size = meta.get("tubelet_size") if isinstance(meta.get("tubelet_size"), int) else None
+        self.top = self.order[:args.top]
+        self.bottom = self.order[max(len(self.order) - args.bottom, len(self.top)):][::-1]  # lowest first
+        self.shown = {c["clip_id"] for c in self.top + self.bottom}
+        self.vmax = max((v for c in self.top + self.bottom for v in c["tubelet_scores"]), default=0)
+        self.picks = {p["clip_id"]: p for p in picks}
+        self.folded = {d["clip_id"]: p["rank"] for p in picks for d in p["near_duplicates"]}
+
+    def facts(self, clip):
+        return clip_facts(clip, self.records.get(clip["clip_id"]), self.tubelet_size)
+
+    def percentile(self, score):
+        """Share of the other scored clips that score lower, in words."""
+        n, below = len(self.sorted_scores), bisect.bisect_left(self.sorted_scores, score)
+        pct = 100 * below / (n - 1) if n > 1 else 100.0
+        return f"percentile {pct:.0f}: above {below} of the other {n - 1} scored clips"
+
+    def label_words(self, clip_id):
+        if self.labels is None:
+            return ""
+        if clip_id not in self.labels:
+            return '<span class="lab">label: none (not in the labels file)</span>'
+        words = {1: "1 (positive)", 0: "0 (negative)", None: "null (unlabelled)"}
+        return f'<span class="lab">label: {words[self.labels[clip_id]]}</span>'
+
+    def is_miss(self, clip_id):
+        """A known positive ranked below the top list."""
+        return bool(self.labels) and self.labels.get(clip_id) == 1 and self.ranks[clip_id] > len(self.top)
 
 
-def clip_rows(clips, ranks, manifest_frames, args, tubelet_size, vmax):
-    """Table of clips: rank, score, ids, a linked thumbnail strip and the per-tubelet bar chart."""
-    rows = []
-    for c in clips:
-        frames = clip_frames(c, manifest_frames)
-        folder = f'<a href="{esc(file_uri(Path(frames[0]).parent))}">frames folder</a>' if frames else ""
-        strip = (frame_strip(frames, c["tubelet_scores"], args.thumbs, tubelet_size)
-                 if frames else '<div class="ph">no frame path</div>')
-        rows.append(f'<tr><td class="r">{ranks[c["clip_id"]]}</td><td class="r">{c["score"]:.4f}</td>'
-                    f'<td class="id"><b>{esc(c["clip_id"]).replace("__", "__<wbr>")}</b><br>'  # wbr: wrap at __
-                    f'{esc(c["scene"])} &middot; {esc(c["camera"])}<br>{folder}</td><td class="strip">{strip}</td>'
-                    f'<td>{svg_bars(c["tubelet_scores"], vmax)}</td></tr>')
-    head = "<tr><th>rank</th><th>score</th><th>clip</th><th>frames</th><th>novelty per tubelet</th></tr>"
-    return f'<table class="clips">{head}{"".join(rows)}</table>'
+def stills(page, f, target):
+    """`--thumbs` evenly spaced stills plus the peak tubelet's first frame (outlined, captioned "peak")."""
+    peak = f["peak_frames"][0] if f["peak_frames"] else None
+    cells = []
+    for i in spaced(len(f["frames"]), page.args.thumbs, f["peak_frames"][:1]):
+        im = f["small"](i)
+        img = f'<img src="{jpeg_uri(im)}" alt="frame {i}">' if im else '<div class="ph">no image</div>'
+        cap = f"f{i} &#9650; peak" if i == peak else f"f{i}"
+        cells.append(f'<figure class="t{" peak" if i == peak else ""}"><a href="#{target}">{img}</a>'
+                     f'<figcaption>{cap}</figcaption></figure>')
+    return "".join(cells)
+
+
+def large_view(page, f, rank, words):
+    """The overlay a click on the preview opens (CSS :target, no script): every frame of the clip full size,
+    the peak tubelet's frames marked. Frames are CSS backgrounds because browsers fetch those only once the
+    view is shown (a hidden <img>, even loading=lazy, loads with the page: up to ~1000 full frames)."""
+    first = f["small"](0) if f["frames"] else None
+    ratio = f"{first.width}/{first.height}" if first else "16/9"
+    cells = []
+    for i, path in enumerate(f["frames"]):
+        url, peak = link(path, page.out_dir), i in f["peak_frames"]
+        when = f" &middot; +{offset(f, i):.2f} s" if f["stamps"] else ""
+        cells.append(f'<figure class="full{" peak" if peak else ""}"><a href="{esc(url)}" role="img" '
+                     f'aria-label="frame {i}" style="background-image:url(&quot;{esc(url)}&quot;);'
+                     f'aspect-ratio:{ratio}"></a><figcaption>f{i}{when}'
+                     f'{" &#9650; PEAK tubelet" if peak else ""}</figcaption></figure>')
+    return (f'<div class="view" id="v{rank}"><div class="box"><a class="close" href="#c{rank}">&#10005; '
+            f'close</a><h3>#{rank} {esc(f["clip_id"])}</h3><div class="big"><p>{words}</p>'
+            f'{svg_bars(f["tubelet_scores"], page.vmax, width=420, height=90)}</div><p class="muted">'
+            f'Full-size frames, read from the frames folder next to this page (grey where it is not there); '
+            f'click one to open the file.</p><div class="grid">{"".join(cells)}</div></div></div>')
+
+
+def clip_card(page, clip):
+    """One listed clip: pick box and facts, animated preview, stills, tubelet bars, and its large view."""
+    f, rank, cid = page.facts(clip), page.ranks[clip["clip_id"]], clip["clip_id"]
+    n, miss, pick = len(f["frames"]), page.is_miss(cid), page.picks.get(cid)
+    uri = preview_uri(f["small"], spaced(n, page.args.preview_frames, f["peak_frames"]), n, f["peak_frames"],
+                      f["stamps"]) if page.args.preview_frames and n > 1 else None
+    preview = (f'<img class="pv" src="{uri}" alt="animated preview of {n} frames, peak tubelet marked PEAK">'
+               if uri else '<div class="ph pv">no preview</div>')
+    folder = (f' &middot; <a href="{esc(link(Path(f["frames"][0]).parent, page.out_dir))}">frames folder</a>'
+              if n else "")
+    notes = [f"{esc(clip['scene'])} &middot; {esc(clip['camera'])}", time_span(f["stamps"]),
+             page.percentile(clip["score"]), peak_words(f), page.label_words(cid)]
+    notes += ['<span class="badge">&#9888; missed positive</span>'] if miss else []
+    notes += [f"selection pick #{pick['rank']}"] if pick else []
+    notes += [f"folded under selection pick #{page.folded[cid]}"] if cid in page.folded else []
+    words = "<br>".join(x for x in notes if x)
+    strip = stills(page, f, f"v{rank}") if n else '<div class="ph">no frame path</div>'
+    return (f'<article class="clip{" miss" if miss else ""}" id="c{rank}"><div class="info">'
+            f'{pick_box(f, bool(pick))} <span class="rank">#{rank}</span> '
+            f'<span class="score">{clip["score"]:.4f}</span><br>'
+            f'<b class="cid">{esc(cid).replace("__", "__<wbr>")}</b><br>{words}<br>'  # wbr: wrap at __
+            f'<a href="#v{rank}">large view</a>{folder}</div><a class="pvl" href="#v{rank}">{preview}</a>'
+            f'<div class="side"><div class="strip">{strip}</div>{svg_bars(clip["tubelet_scores"], page.vmax)}'
+            f'</div>{large_view(page, f, rank, words)}</article>')
+
+
+def clip_list(page, clips):
+    return "".join(clip_card(page, c) for c in clips)
+
+
+def metrics_block(page):
+    """The ranking metrics eval.py prints, for the trained score against a random ranking of the same
+    clips (the masked_gap baseline needs the encoder, so only eval.py has it)."""
+    ks = jepa.load_config()["evaluation"]["k_values"]
+    scores = {c["clip_id"]: c["score"] for c in page.scored}
+    table = ranking_table({"trained": ranking_metrics(scores, page.labels, ks),
+                           "random": random_baseline(page.labels, ks, scores)}, ks)
+    return (f'<h2>Ranking metrics</h2><pre>{esc(table)}</pre><p class="muted">As eval.py --labels reports '
+            f'them, K from config.yaml (evaluation.k_values); random = the exact expectation of a random '
+            f'ranking. eval.py also reports the masked_gap baseline.</p>')
+
+
+def misses_block(page):
+    """Known positives ranked below the top list: the clips a reviewer should see the model missed."""
+    misses = [c for c in page.order if page.is_miss(c["clip_id"])]
+    if not misses:
+        return '<h2>Missed positives (0)</h2><p class="muted">every known positive is in the top list</p>'
+    rows = "".join(f'<tr><td class="r">{page.ranks[c["clip_id"]]}</td><td class="r">{c["score"]:.4f}</td>'
+                   f'<td>{clip_ref(page, c["clip_id"])}</td><td>{esc(c["scene"])}</td>'
+                   f'<td>{esc(c["camera"])}</td></tr>' for c in misses)
+    return (f'<h2>Missed positives ({len(misses)})</h2><p class="muted">Clips labelled 1 that rank below the '
+            f'top {len(page.top)}; those in the most-ordinary list are marked &#9888; there.</p>'
+            f'<table class="small"><tr><th>rank</th><th>score</th><th>clip</th><th>scene</th><th>camera</th>'
+            f'</tr>{rows}</table>')
+
+
+def clip_ref(page, clip_id):
+    """A clip id, linked to its card when the page shows one."""
+    if clip_id in page.shown:
+        return f'<a href="#c{page.ranks[clip_id]}">{esc(clip_id)}</a>'
+    return f'{esc(clip_id)} <span class="muted">(not listed below)</span>'
+
+
+def selection_block(page, picks, path):
+    """The picks of selection.jsonl, each with its folded near-duplicates in a <details> (no script)."""
+    items = []
+    for p in picks:
+        scored = page.by_id.get(p["clip_id"])  # the page's own facts win, so both boxes export the same line
+        d = {**p, **{k: v for k, v in page.facts(scored).items() if v is not None}} if scored else p
+        dups = "".join(f'<tr><td>{clip_ref(page, x["clip_id"])}</td><td class="r">{fmt(x.get("score"))}</td>'
+                       f'<td class="r">{fmt(x.get("similarity"), 3)}</td><td>{esc(x["reason"])}</td></tr>'
+                       for x in p["near_duplicates"])
+        folded = (f'<details><summary>{len(p["near_duplicates"])} folded in</summary><table class="small">'
+                  f'<tr><th>clip</th><th>score</th><th>similarity</th><th>reason</th></tr>{dups}</table>'
+                  f'</details>' if dups else ' &middot; <span class="muted">nothing folded in</span>')
+        stamps = [d[k] for k in ("first_timestamp", "last_timestamp") if _number(d.get(k))]
+        items.append(f'<li>{pick_box(d, True)} <b>#{p["rank"]}</b> {fmt(p["score"])} '
+                     f'{clip_ref(page, p["clip_id"])} &middot; {esc(d["scene"])} &middot; {esc(d["camera"])} '
+                     f'&middot; {time_span(stamps if len(stamps) == 2 else None)}{folded}</li>')
+    return (f'<h2>Selection ({len(picks)} picks)</h2><p class="muted">From {esc(path)}, in rank order; '
+            f'picks are pre-checked for export here and in the lists below.</p>'
+            f'<ol class="sel">{"".join(items)}</ol>')
+
+
+def fmt(v, digits=4):
+    return "-" if v is None else f"{v:.{digits}f}"
 
 
 def scene_table(clips):
@@ -184,10 +514,10 @@ def scene_table(clips):
     stats.sort(key=lambda t: (-max(t[1], default=-math.inf), t[0]))
     cell = lambda v, f: f"{f(v):.4f}" if v else "-"  # noqa: E731
     body = "".join(f'<tr><td>{esc(s)}</td><td class="r">{len(v)}</td><td class="r">{nf}</td>'
-                   f'<td class="r">{cell(v, lambda x: sum(x) / len(x))}</td><td class="r">{cell(v, max)}</td></tr>'
-                   for s, v, nf in stats)
-    return ('<table class="small"><tr><th>scene</th><th>clips</th><th>failed</th><th>mean</th><th>max</th></tr>'
-            f'{body}</table>')
+                   f'<td class="r">{cell(v, lambda x: sum(x) / len(x))}</td>'
+                   f'<td class="r">{cell(v, max)}</td></tr>' for s, v, nf in stats)
+    return ('<table class="small"><tr><th>scene</th><th>clips</th><th>failed</th><th>mean</th><th>max</th>'
+            f'</tr>{body}</table>')
 
 
 def failed_table(failed):
@@ -197,74 +527,136 @@ def failed_table(failed):
             f'{body}</table>') if failed else '<p class="muted">none</p>'
 
 
+def export_bar(page):
+    """Export buttons: disabled in the HTML and enabled by the script, so they are inert without scripts."""
+    buttons = "".join(f'<button type="button" data-do="{k}" disabled>{t}</button>'
+                      for k, t in (("ids", "copy selected clip_ids"), ("csv", "download selected as CSV"),
+                                   ("jsonl", "download selected as JSONL")))
+    return (f'<div id="export" data-header="{esc(",".join(EXPORT_FIELDS))}"><span id="count">'
+            f'{len(page.picks)} pre-checked</span> {buttons}<noscript> (the export buttons need JavaScript; '
+            f'everything else works without it)</noscript><textarea id="out" rows="3" readonly hidden '
+            f'aria-label="selected clip_ids"></textarea></div>')
+
+
+# Export from the checked boxes' embedded lines; a clip listed twice (selection and top list) exports once.
+SCRIPT = """(()=>{const bar=document.getElementById('export'),out=document.getElementById('out'),
+count=document.getElementById('count'),boxes=[...document.querySelectorAll('input.pick')];
+const picked=()=>{const seen=new Set();
+return boxes.filter(b=>b.checked&&!seen.has(b.dataset.id)&&seen.add(b.dataset.id));};
+const lines=(key,end)=>picked().map(b=>b.dataset[key]+end).join('');
+const make={ids:()=>lines('id','\\n'),csv:()=>bar.dataset.header+'\\r\\n'+lines('csv','\\r\\n'),
+jsonl:()=>lines('json','\\n')};
+const show=(note)=>{count.textContent=picked().length+' selected'+(note||'');};
+boxes.forEach(b=>b.addEventListener('change',()=>{
+boxes.forEach(o=>{if(o.dataset.id===b.dataset.id)o.checked=b.checked;});show();}));
+const save=(kind)=>{const a=document.createElement('a');a.download='selected_clips.'+kind;
+a.href=URL.createObjectURL(new Blob([make[kind]()],{type:kind==='csv'?'text/csv':'application/x-ndjson'}));
+document.body.append(a);a.click();a.remove();};
+const copy=()=>{out.hidden=false;out.value=make.ids();out.select();let ok=false;
+try{ok=document.execCommand('copy');}catch(e){}show(ok?': clip_ids copied':': press Ctrl+C to copy them');};
+bar.querySelectorAll('button').forEach(b=>{b.disabled=false;
+b.addEventListener('click',()=>b.dataset.do==='ids'?copy():save(b.dataset.do));});
+show();window.jepaExport=make;})();"""  # jepaExport: lets a headless-browser check read the export text
+
 CSS = """body{font:14px system-ui,sans-serif;margin:16px;color:#222;max-width:1240px}
 h1{font-size:22px;margin:0 0 8px}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #ddd}
 table{border-collapse:collapse}td,th{padding:4px 8px;border-bottom:1px solid #eee;vertical-align:middle;
 text-align:left}th{background:#f4f4f4}.r{text-align:right;font-variant-numeric:tabular-nums}
-.meta td{border:0;padding:1px 8px}.muted{color:#888}.strip{white-space:nowrap}
+.meta td{border:0;padding:1px 8px}.muted{color:#888}pre{background:#f6f6f6;padding:8px;overflow:auto}
+#export{position:sticky;top:0;background:#fff;padding:6px 0;border-bottom:1px solid #ddd;z-index:5}
+#export textarea{display:block;width:100%;margin-top:4px}#export textarea[hidden]{display:none}
+article.clip{display:flex;gap:12px;align-items:flex-start;padding:8px 0;border-bottom:1px solid #eee}
+article.miss{background:#fff4e6}.info{width:290px;flex:none;overflow-wrap:anywhere;font-size:13px}
+.score{font-weight:600;font-variant-numeric:tabular-nums}.badge{font-weight:600;border:2px solid #e8590c;
+padding:0 4px}img.pv,div.pv{width:240px;height:135px;object-fit:contain;background:#000;display:block}
+.side{flex:1;min-width:0}.strip{white-space:nowrap;overflow-x:auto}
 figure.t{display:inline-block;margin:0 3px;text-align:center}figure.t img,.ph{width:96px;height:54px;
-object-fit:cover;display:block;border:2px solid transparent}figure.peak img{border-color:#e8590c}
-.ph{background:#ccc;color:#666;font-size:11px;line-height:54px;text-align:center}
-figcaption{font-size:11px;color:#666}td.id{min-width:200px;overflow-wrap:anywhere}svg text{font-size:11px;fill:#555}
-rect.b{fill:#4c6ef5}rect.pk{fill:#e8590c}.ax{stroke:#999}line.cut{stroke:#e8590c;stroke-dasharray:4 3}
-text.cut{fill:#e8590c}a{color:#1c5fd4}"""
+object-fit:cover;display:block;border:2px solid transparent}figure.peak img{border:2px dashed #e8590c}
+.ph{background:#ccc;color:#666;font-size:11px;line-height:54px;text-align:center}div.pv{line-height:135px}
+figcaption{font-size:11px;color:#666}svg text{font-size:11px;fill:#555}
+rect.b{fill:#4c6ef5}rect.pk{fill:#e8590c}.pkm{fill:#222}text.pkt{fill:#222;font-weight:600}.ax{stroke:#999}
+line.cut{stroke:#e8590c;stroke-dasharray:4 3}text.cut{fill:#e8590c}a{color:#1c5fd4}
+.view{display:none}.view:target{display:block;position:fixed;inset:0;background:rgba(0,0,0,.8);
+overflow:auto;z-index:10}.box{background:#fff;margin:16px auto;padding:12px 16px;max-width:1600px}
+.close{float:right;font-size:16px}.big{display:flex;gap:24px;align-items:flex-end}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(560px,1fr));gap:8px;margin-top:8px}
+figure.full{margin:0}figure.full a{display:block;background:#ccc center/contain no-repeat content-box;
+border:4px solid transparent}figure.full.peak a{border:4px dashed #e8590c}ol.sel li{margin:4px 0}
+details{margin:2px 0 6px 24px}"""
 
 
-def build_html(clips, args, meta, manifest_frames):
-    """The whole report page as one string."""
-    scored = [c for c in clips if c["score"] is not None]
+def build_html(clips, args, meta, records, labels=None, picks=()):
+    """The whole report page as one string. `records`: {clip_id: manifest record}; `labels`: read_labels()."""
+    page = Page(clips, args, meta, records, labels, picks)
     failed = [c for c in clips if c["score"] is None]
-    by_id = {c["clip_id"]: c for c in scored}
-    order = [by_id[c] for c in rank_order({c["clip_id"]: c["score"] for c in scored})]
-    tubelet_size = meta.get("tubelet_size") if isinstance(meta.get("tubelet_size"), int) else None  # else estimated
-    ranks = {c["clip_id"]: i for i, c in enumerate(order, 1)}
-    top = order[:args.top]
-    bottom = order[max(len(order) - args.bottom, len(top)):][::-1]  # lowest first, never repeating the top
-    shown = [v for c in top + bottom for v in c["tubelet_scores"]]
-    vmax = max(shown, default=0)
+    top, bottom, order = page.top, page.bottom, page.order
     cut = (top[-1]["score"], order[args.top]["score"]) if len(order) > args.top else None
     header = [("scores", args.scores), ("checkpoint", meta.get("checkpoint", "unknown")),
               ("encoder", meta.get("encoder", "unknown")),
               ("manifest", meta.get("manifest") or args.manifest or "unknown"),
-              ("clips", f"{len(scored)} scored, {len(failed)} failed"),
+              ("labels", args.labels or "none"), ("selection", args.selection or "none"),
+              ("clips", f"{len(page.scored)} scored, {len(failed)} failed"),
               ("date", datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"))]
     meta_rows = "".join(f"<tr><td><b>{k}</b></td><td>{esc(v)}</td></tr>" for k, v in header)
-    hist = svg_histogram([c["score"] for c in scored], args.top, cut) if scored else "<p>no scored clips</p>"
-    rest = (clip_rows(bottom, ranks, manifest_frames, args, tubelet_size, vmax) if bottom
-            else '<p class="muted">every scored clip is already in the top section</p>')
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>jepa-clips novelty report</title>'
-            f'<style>{CSS}</style></head><body><h1>Most novel clips</h1><table class="meta">{meta_rows}</table>'
-            f'<h2>Score distribution</h2>{hist}'
-            f'<h2>Top {len(top)} (highest novelty score first)</h2>'
-            f'<p class="muted">Bars: novelty (1 &minus; cosine) of each tubelet, on one scale for the whole '
-            f'page; orange = the clip\'s most surprising tubelet, whose first frame is outlined.</p>'
-            f'{clip_rows(top, ranks, manifest_frames, args, tubelet_size, vmax) if top else ""}'
-            f'<h2>Bottom {len(bottom)} (most ordinary, lowest first)</h2>{rest}'
-            f'<h2>Per scene</h2>{scene_table(clips)}<h2>Failed clips ({len(failed)})</h2>{failed_table(failed)}'
+    hist = (svg_histogram([c["score"] for c in page.scored], args.top, cut) if page.scored
+            else "<p>no scored clips</p>")
+    if bottom:
+        ordinary = f"<h2>Bottom {len(bottom)}: most ordinary (lowest first)</h2>{clip_list(page, bottom)}"
+    else:
+        why = "--bottom 0" if not args.bottom else f"all {len(order)} scored clips are in the top list"
+        ordinary = f'<h2>Most ordinary clips</h2><p class="muted">none listed: {why}</p>'
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>jepa-clips novelty report'
+            f'</title><style>{CSS}</style></head><body><h1>Most novel clips</h1>'
+            f'<table class="meta">{meta_rows}</table>{export_bar(page)}'
+            f'{metrics_block(page) if labels is not None else ""}<h2>Score distribution</h2>{hist}'
+            f'{selection_block(page, picks, args.selection) if picks else ""}'
+            f'<h2>Top {len(top)}: most novel (highest score first)</h2>'
+            f'<p class="muted">Preview: every frame (up to {args.preview_frames}), the peak tubelet\'s '
+            f'frames marked PEAK and orange on the timeline; click it for the full-size frames. Bars: '
+            f'novelty (1 &minus; cosine) of each tubelet on one scale for the whole page, the peak orange '
+            f'with &#9660;; its first frame is the dashed still.</p>{clip_list(page, top)}{ordinary}'
+            f'{misses_block(page) if labels is not None else ""}<h2>Per scene</h2>{scene_table(clips)}'
+            f'<h2>Failed clips ({len(failed)})</h2>{failed_table(failed)}<script>{SCRIPT}</script>'
             f'</body></html>\n')
 
 
-def main():
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--scores", required=True, help="scores JSONL written by infer.py")
-    p.add_argument("--manifest", help="manifest JSONL of the scored clips: thumbnails across each clip "
-                                      "(without it, only each clip's first frame)")
+    p.add_argument("--scores", required=True, help="scores JSONL written by infer.py (required)")
+    p.add_argument("--manifest", help="manifest JSONL of the scored clips: previews, stills across each clip "
+                                      "and timestamps (default: none; each clip shows only its first frame)")
     p.add_argument("--data-root", help="folder that relative frame paths in --manifest resolve against "
                                        "(default: the manifest's folder)")
-    p.add_argument("--top", type=int, default=50, help="how many of the highest-scoring clips to show")
-    p.add_argument("--bottom", type=int, default=10, help="how many of the lowest-scoring clips to show")
-    p.add_argument("--thumbs", type=int, default=4, help="evenly spaced frames per clip (the peak frame is added)")
-    p.add_argument("--output", default="report.html", help="HTML file to write")
-    args = p.parse_args()
-    if args.top < 1 or args.bottom < 0 or args.thumbs < 1:
-        raise jepa.UserError("--top and --thumbs must be >= 1 and --bottom >= 0")
+    p.add_argument("--labels", help="labels JSONL {clip_id, binary_label: 0|1|null}: label per clip, missed "
+                                    "positives and ranking metrics (default: none)")
+    p.add_argument("--selection", help="selection.jsonl from make select: picks listed with their folded "
+                                       "near-duplicates and pre-checked for export (default: none)")
+    p.add_argument("--top", type=int, default=50,
+                   help="how many of the highest-scoring clips to show (default: 50)")
+    p.add_argument("--bottom", type=int, default=10,
+                   help="how many of the lowest-scoring clips to show, never repeating the top (default: 10)")
+    p.add_argument("--thumbs", type=int, default=4,
+                   help="evenly spaced stills per clip; the peak frame is added (default: 4)")
+    p.add_argument("--preview-frames", type=int, default=16,
+                   help="most frames in each animated preview, evenly spaced, the peak tubelet's always in; "
+                        "0 = no previews (default: 16)")
+    p.add_argument("--output", default="report.html", help="HTML file to write (default: report.html)")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.top < 1 or args.bottom < 0 or args.thumbs < 1 or args.preview_frames < 0:
+        raise jepa.UserError("--top and --thumbs must be >= 1, --bottom and --preview-frames >= 0")
     if args.data_root and not args.manifest:
         raise jepa.UserError("--data-root only applies with --manifest")
     clips = read_scores(args.scores)
     meta = read_meta(args.scores)
+    labels = read_labels(args.labels) if args.labels else None
+    picks = read_selection(args.selection) if args.selection else []
     # tubelet_size=1: a clip too short to score is already a failed row; it must not stop the report
     records = read_manifest(args.manifest, args.data_root, 1) if args.manifest else []
-    text = build_html(clips, args, meta, {r["clip_id"]: r["frames"] for r in records})
+    text = build_html(clips, args, meta, {r["clip_id"]: r for r in records}, labels, picks)
     try:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
