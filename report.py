@@ -62,10 +62,16 @@ def read_scores(path):
     for where, obj in rows:
         score, tubs = obj.get("score"), obj.get("tubelet_scores", [])
         if (score is not None and not _number(score)) or not isinstance(tubs, list) \
-                or not all(map(_number, tubs)) or not isinstance(obj.get("first_frame") or "", str):
-            raise jepa.UserError(f"{where}: score must be a number or null, tubelet_scores a list of numbers "
-                                 f"and first_frame a path")
-        clip = {"scene": "unknown", "camera": "unknown", "first_frame": None, **obj, "tubelet_scores": tubs}
+                or not all(map(_number, tubs)) or not isinstance(obj.get("first_frame") or "", str) \
+                or not all(isinstance(obj.get(k, ""), str) for k in ("scene", "camera")):
+            raise jepa.UserError(f"{where}: score must be a number or null, tubelet_scores a list of numbers, "
+                                 f"first_frame a path and scene and camera text (as infer.py writes them)")
+        try:  # JSON integers have no size limit; a 400-digit one does not fit a float
+            score, tubs = (None if score is None else float(score)), [float(t) for t in tubs]
+        except OverflowError:
+            raise jepa.UserError(f"{where}: a score is too large to be a number (as infer.py writes them)")
+        clip = {"scene": "unknown", "camera": "unknown", "first_frame": None, **obj, "score": score,
+                "tubelet_scores": tubs}
         if score is not None and not math.isfinite(score):
             clip.update(score=None, error=obj.get("error") or f"score is {score}")
         elif score is None:
@@ -128,6 +134,8 @@ def read_selection(path):
 
 def load_small(path, box=PREVIEW_BOX):
     """The image at `path` fitted into `box` (RGB), or None when it is missing or unreadable."""
+    if jepa.special_file_problem(path):  # a FIFO would block forever: only regular files are opened
+        return None
     try:
         with Image.open(path) as im:
             im.draft("RGB", box)  # JPEG: decode at a reduced scale, much faster for large frames
@@ -646,6 +654,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    jepa.check_output(args.output, {"--scores": args.scores, "--manifest": args.manifest, "--labels": args.labels,
+                                    "--selection": args.selection})
     if args.top < 1 or args.bottom < 0 or args.thumbs < 1 or args.preview_frames < 0:
         raise jepa.UserError("--top and --thumbs must be >= 1, --bottom and --preview-frames >= 0")
     if args.data_root and not args.manifest:
@@ -657,10 +667,6 @@ def main(argv=None):
     # tubelet_size=1: a clip too short to score is already a failed row; it must not stop the report
     records = read_manifest(args.manifest, args.data_root, 1) if args.manifest else []
     text = build_html(clips, args, meta, {r["clip_id"]: r for r in records}, labels, picks)
-    try:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise jepa.UserError(f"cannot create the folder of {args.output}: {e.strerror or e}")
     jepa.atomic_write_text(args.output, text)
     print(f"wrote {args.output} ({len(text.encode()) / 1e6:.1f} MB)")
 

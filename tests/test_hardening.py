@@ -249,3 +249,20 @@ def test_output_that_is_a_folder_and_float_tiff(tmp_path, reference, tiny_encode
     assert proc.returncode == 2 and "is a folder; pass a file path" in proc.stderr
     Image.fromarray(np.full((8, 8), 0.5, dtype=np.float32), mode="F").save(tmp_path / "f.tif")
     assert jepa.load_frame(tmp_path / "f.tif", 8).mean() == pytest.approx(127, abs=1)  # not black
+
+
+def test_report_never_hangs_clobbers_or_tracebacks(tmp_path, scored, demo_data):
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    rows = [json.loads(x) for x in scored.read_text().splitlines()]
+    manifest = write_jsonl(tmp_path / "m.jsonl", [{"clip_id": r["clip_id"], "frame_paths": [str(fifo)] * 2}
+                                                   for r in rows])
+    proc = run_script("report.py", "--scores", scored, "--manifest", manifest, "--output", tmp_path / "r.html")
+    assert proc.returncode == 0 and (tmp_path / "r.html").exists()  # the subprocess timeout would catch a hang
+    before = scored.read_bytes()
+    proc = run_script("report.py", "--scores", scored, "--output", scored)
+    assert proc.returncode == 2 and "is also this command's --scores" in proc.stderr and scored.read_bytes() == before
+    for edit, words in (({"scene": ["a"]}, "scene and camera text"), ({"score": int("9" * 400)}, "too large")):
+        bad = write_jsonl(tmp_path / "bad.jsonl", [dict(rows[0], **edit)])
+        proc = run_script("report.py", "--scores", bad, "--output", tmp_path / "b.html")
+        assert proc.returncode == 2 and words in proc.stderr and "Traceback" not in proc.stderr
