@@ -118,6 +118,114 @@ def peak_rss_mb(args):
     return int(out.stdout.split()[-1]) / 1024
 
 
+# ---- fleet scale (issues 11 and 12): bench.py --only fleet ----
+
+def run_measured(code_args):
+    """(peak RSS MB, wall s) of `python -c CODE ARGS...` in a fresh process (VmHWM printed by the code)."""
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", *code_args], cwd=HERE, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if out.returncode not in (0, 1):
+        raise RuntimeError(out.stderr[-2000:])
+    return int(out.stdout.split()[-1]) / 1024, wall
+
+
+INFER = ("import re, sys, infer; infer.main(sys.argv[1:]); "
+         "print(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))")
+
+
+def fleet_manifest(path, clips, frames, frame_files):
+    """`clips` lines of `frames` frames each, cycling over a few real JPEGs (paths relative to `path`)."""
+    with open(path, "w") as f:
+        for c in range(clips):
+            paths = [frame_files[(c + k) % len(frame_files)] for k in range(frames)]
+            f.write(json.dumps({"clip_id": f"drive_{c // 1000:05d}__CAM_FRONT__{c % 1000:03d}",
+                                "scene_id": f"drive_{c // 1000:05d}", "camera": "CAM_FRONT",
+                                "frame_paths": paths}) + "\n")
+    return path
+
+
+def fake_shards(folder, manifest, shards, dim):
+    """Shard outputs as infer.py --shard i/N writes them (lines, .emb.npy, .meta.json), without encoding."""
+    rows = [[] for _ in range(shards)]
+    with open(manifest) as f:
+        for k, line in enumerate(f):
+            rows[k % shards].append(json.loads(line)["clip_id"])
+    paths = []
+    for i, ids in enumerate(rows):
+        out = folder / f"shard-{i:03d}.jsonl"
+        out.write_text("".join(json.dumps({"clip_id": c, "scene": "s", "camera": "CAM_FRONT", "first_frame": "f",
+                                           "score": 0.5, "tubelet_scores": [0.5]}) + "\n" for c in ids))
+        np.save(f"{out}.emb.npy", np.zeros((len(ids), dim), dtype="<f4"))
+        Path(f"{out}.meta.json").write_text(json.dumps({"embed_dim": dim, "shard": f"{i}/{shards}"}))
+        paths.append(out)
+        rows[i] = None
+    return paths
+
+
+def bench_fleet(work, tiny, tiny_ckpt, q):
+    """memory/startup of a 1M-line manifest vs a 100-line one (100 clips scored each), merge of 100 shards, and
+    the RSS of one 1024-frame clip vs one 16-frame clip (num_workers=0)."""
+    res, big = {}, 100_000 if q else 1_000_000
+    real = HERE.parent / "shared" / "realdata" / "frames"
+    folder = work / "fleet"
+    folder.mkdir()
+    files = sorted(real.rglob("*.jpg"))[:16] if real.is_dir() else []
+    if not files:
+        files = [folder / p for p in json.loads(make_manifest(folder, 1, 16, size=(1280, 720)).read_text()
+                                                .splitlines()[0])["frame_paths"]]
+    files = [os.path.relpath(f, folder) for f in files]
+    base = ["--checkpoint", str(tiny_ckpt), "--device", "cpu", "--set", "data.num_workers=1"]
+    small = fleet_manifest(folder / "m100.jsonl", 100, 16, files)
+    large = fleet_manifest(folder / f"m{big}.jsonl", big, 16, files)
+    for name, manifest, shard in (("100", small, []), ("big", large, ["--shard", f"0/{big // 100}"])):
+        res[f"fleet_{name}_mb"], res[f"fleet_{name}_s"] = run_measured(
+            [INFER, *base, "--manifest", str(manifest), "--output", str(folder / f"s-{name}.jsonl"), *shard])
+        print(f"fleet {name}: {res[f'fleet_{name}_mb']:.0f} MB, {res[f'fleet_{name}_s']:.1f}s", flush=True)
+    t0 = time.perf_counter()
+    shards = fake_shards(folder, large, 100, jepa.VJEPAEncoder(str(tiny)).embed_dim)
+    print(f"wrote 100 shards in {time.perf_counter() - t0:.0f}s", flush=True)
+    res["merge_mb"], res["merge_s"] = run_measured(
+        [INFER, "--merge", *map(str, shards), "--manifest", str(large), "--output", str(folder / "merged.jsonl")])
+    print(f"merge: {res['merge_mb']:.0f} MB, {res['merge_s']:.1f}s", flush=True)
+    frames = [f for f in make_manifest(work / "long", 1, 16).read_text().split('"') if f.endswith(".jpg")]
+    for n in (16, 1024):
+        m = work / "long" / f"clip{n}.jsonl"
+        m.write_text(json.dumps({"clip_id": f"drive{n}", "frame_paths": (frames * 64)[:n]}) + "\n")
+        res[f"clip_{n}_mb"], _ = run_measured([INFER, "--checkpoint", str(tiny_ckpt), "--device", "cpu", "--set",
+                                               "data.num_workers=0", "--manifest", str(m), "--output",
+                                               str(work / "long" / f"s{n}.jsonl")])
+        print(f"one {n}-frame clip: {res[f'clip_{n}_mb']:.0f} MB", flush=True)
+    res.update(memory_1m_over_100=res["fleet_big_mb"] / res["fleet_100_mb"],
+               startup_1m_over_100=res["fleet_big_s"] / res["fleet_100_s"],
+               clip_1024_over_16=res["clip_1024_mb"] / res["clip_16_mb"], fleet_lines=big)
+    return res
+
+
+def fleet_table(r):
+    n = f"{r['fleet_lines'] // 1000}k" if r["fleet_lines"] < 1_000_000 else "1m"
+    rows = [(f"memory {n}", f"{r['fleet_big_mb']:.0f} MB ({n} lines, 100 scored) vs {r['fleet_100_mb']:.0f} MB (100)",
+             f"memory_{n}_over_100 {r['memory_1m_over_100']:.2f}", "<= 1.10"),
+            (f"startup {n}", f"{r['fleet_big_s']:.1f}s vs {r['fleet_100_s']:.1f}s",
+             f"startup_{n}_over_100 {r['startup_1m_over_100']:.2f}", "<= 1.5"),
+            ("merge", f"100 shards, {r['fleet_lines']} clips: {r['merge_mb']:.0f} MB, {r['merge_s']:.1f}s",
+             "peak RSS", "< 300 MB"),
+            ("long clip", f"{r['clip_1024_mb']:.0f} MB (1024 frames) vs {r['clip_16_mb']:.0f} MB (16)",
+             f"clip_1024_over_16 {r['clip_1024_over_16']:.2f}", "<= 1.2")]
+    return "\n".join([f"{'what':<13} {'measured':<58} {'ratio':<26} target"] +
+                     [f"{a:<13} {b:<58} {c:<26} {d}" for a, b, c, d in rows])
+
+
+def write_section(md, title, body):
+    """Replace (or append) the `## title` section of a Markdown file, keeping the rest as it is."""
+    text = Path(md).read_text() if Path(md).exists() else "# Benchmarks\n"
+    start = text.find(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1) if start >= 0 else -1
+    section = f"\n## {title}\n\n{body.strip()}\n"
+    text = (text[:start] + section + (text[end:] if end >= 0 else "")) if start >= 0 else text.rstrip() + "\n" + section
+    Path(md).write_text(text)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="reduced sizes: under two minutes on 2 CPU cores")

@@ -87,8 +87,15 @@ def test_infer_killed_then_rerun_is_byte_identical(tmp_path, reference, tiny_enc
     assert len(out.read_text().splitlines()) == kill_line
     with open(out, "a") as f:
         f.write('{"clip_id": "scene_0__CAM_')  # a line torn by the kill
+    emb = Path(f"{out}.emb.npy")
+    with open(emb, "ab") as f:
+        f.write(b"\0" * 300)  # and the embedding row after it: one row more than lines, then a torn one
+    assert emb.stat().st_size > 128 + kill_line * 4 * 64
     run_script("infer.py", *args, check=True)
     assert out.read_bytes() == scored.read_bytes()
+    assert emb.read_bytes() == Path(f"{scored}.emb.npy").read_bytes()
+    rows = np.load(emb, mmap_mode="r")  # the documented one-line load: rows == lines, aligned
+    assert rows.shape == (15, 64) and rows.dtype == np.float32 and np.isfinite(rows).all()
 
 
 def test_infer_refuses_other_checkpoint_and_overwrite_starts_over(tmp_path, reference, tiny_encoder, demo_data,
@@ -117,6 +124,8 @@ def test_infer_bad_clip_gets_error_line_and_exit_1(tmp_path, reference, tiny_enc
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert proc.returncode == 1 and "scored 2 clips, 1 failed" in proc.stderr
     assert lines[1]["score"] is None and "broken.jpg" in lines[1]["error"] and lines[2]["score"] is not None
+    rows = np.load(f"{out}.emb.npy")
+    assert rows.shape == (3, 64) and np.isnan(rows[1]).all() and np.isfinite(rows[[0, 2]]).all()
 
 
 # ---- bad input: one line per problem, exit 2, no traceback ----
