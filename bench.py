@@ -381,7 +381,8 @@ SELECT_NOTES = """\
   the 1,000 picks take one clip of every event, so select walks nearly all clips there.
 - **Time** in select at 1M: mostly reading the scores file (one `json.loads` per line, ~10 µs each here), then
   ordering them and streaming the manifest (lines of other clips are skipped by a regex on their clip_id,
-  ~2 s). The greedy walk reads only the walked clips' rows, 1,024 at a time.
+  ~2 s). The greedy walk reads only the walked clips' rows, 1,024 at a time, so its cost grows with the
+  clips it walks: when the clips hold fewer distinct events than TOP, it walks every scored clip.
 - **Memory:** about 510 MB of each peak is the interpreter with numpy and torch (jepa.py imports torch). Above
   that, select holds a clip_id, a float64 score, an int32 scene and an int64 line offset per clip (~130 MB at
   1M) plus one walk batch. Scattered rows are read with `pread`: read through a memory map, each row

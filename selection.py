@@ -379,6 +379,9 @@ def print_cosines(summary, top, max_similarity):
 
 def run_select(args, cfg):
     sel, out = cfg["selection"], Path(args.output)
+    if out.suffix == ".csv":  # the CSV goes beside the JSONL under this very name
+        raise jepa.UserError(f"--output {out}: name the picks JSONL (e.g. selection.jsonl); the CSV is written "
+                             f"beside it with a .csv suffix")
     jepa.check_output_writable(out)
     scores = Scores(args.scores)
     emb = Embeddings(scores)

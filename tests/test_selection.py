@@ -198,6 +198,8 @@ def test_select_refuses_mismatched_files_and_bad_config(tmp_path):
         select(scores, tmp_path / "o.jsonl")
     with pytest.raises(jepa.UserError, match=r"selection.max_similarity = 1.5 must be in \[-1, 1\]"):
         select(scores, tmp_path / "o.jsonl", "--set", "selection.max_similarity=1.5")
+    with pytest.raises(jepa.UserError, match=r"--output .*o.csv: name the picks JSONL"):
+        select(scores, tmp_path / "o.csv")
     assert not (tmp_path / "o.jsonl").exists()
 
 
