@@ -345,8 +345,10 @@ def label_metrics(scores, order, picks, labels, k_values):
     above = float(np.nanmax(scores.score)) + 1 + len(picks)  # every pick ranks above every other clip
     rank_of = {row: r for r, row in enumerate(picks)}
     chosen = {scores.ids[i]: above - rank_of[i] if i in rank_of else float(scores.score[i]) for i in labelled}
+    # the selection's first K clips, for K up to max(k_values): the picks, then the best clips not picked
+    chosen_rows = picks + [r for r in order[:max(k_values) + len(picks)] if r not in rank_of]
     out = {}
-    for name, ranking, rows in (("raw", raw, order), ("selection", chosen, picks)):
+    for name, ranking, rows in (("raw", raw, order), ("selection", chosen, chosen_rows)):
         m = ranking_metrics(ranking, labels, k_values)
         m["positive_scenes_at_k"] = {str(k): len({int(scores.scene[r]) for r in rows[:k]
                                                  if labels.get(scores.ids[r]) == 1}) for k in k_values}
@@ -368,7 +370,7 @@ def metrics_table(metrics, k_values):
     return "\n".join(lines)
 
 
-def print_cosines(summary, top, max_similarity):
+def print_cosines(summary, max_similarity):
     if not summary:
         return
     q = "  ".join(f"{k} {v:.3f}" for k, v in summary["quantiles"].items())
@@ -380,8 +382,8 @@ def print_cosines(summary, top, max_similarity):
 def run_select(args, cfg):
     sel, out = cfg["selection"], Path(args.output)
     if out.suffix == ".csv":  # the CSV goes beside the JSONL under this very name
-        raise jepa.UserError(f"--output {out}: name the picks JSONL (e.g. selection.jsonl); the CSV is written "
-                             f"beside it with a .csv suffix")
+        raise jepa.UserError(f"--output {out}: name the picks JSONL (e.g. selection.jsonl); the CSV is "
+                             f"written beside it with a .csv suffix")
     jepa.check_output_writable(out)
     scores = Scores(args.scores)
     emb = Embeddings(scores)
@@ -413,7 +415,7 @@ def run_select(args, cfg):
 
     for r in records[:10]:
         print(f"{r['rank']:>4}. {r['score']:.4f}  {r['clip_id']}  (+{len(r['near_duplicates'])} folded)")
-    print_cosines(meta["nearest_neighbour_cosine"], sel["top"], sel["max_similarity"])
+    print_cosines(meta["nearest_neighbour_cosine"], sel["max_similarity"])
     if args.manifest and len(details) < len(picks):
         print(f"warning: {len(picks) - len(details)} picked clip(s) not in {args.manifest}: no last frame or "
               f"timestamps for them")
