@@ -36,6 +36,8 @@ help:
 	@echo "  make score                CKPT= MANIFEST= [OUT=\$$RUN/scores.jsonl] [SHARD=I/N] [ENCODER=] [DATA_ROOT=]"
 	@echo "  make merge                SHARDS=\"a.jsonl b.jsonl\" MANIFEST= OUT=scores.jsonl"
 	@echo "  make report               SCORES= [MANIFEST=] [DATA_ROOT=] [TOP=50] [OUT=report.html]  HTML review page"
+	@echo "  make select               SCORES= [MANIFEST=] [LABELS=] [TOP=50] [OUT=selection.jsonl]  clips to label, near-duplicates folded"
+	@echo "  make similar              SCORES= CLIP=clip_id [K=20] [OUT=similar.jsonl]  nearest clips by embedding cosine"
 	@echo "  make bench                throughput/memory ratios -> BENCHMARKS.md [BENCH_ARGS=--quick]"
 	@echo "  make clean                remove .venv and caches (never experiments/)"
 	@echo ""
@@ -88,6 +90,19 @@ report: $(INSTALL)
 	$(if $(SCORES),,$(error SCORES=path/to/scores.jsonl is required (written by make score)))
 	$(PYTHON) report.py --scores $(SCORES) $(call opt,--manifest,$(MANIFEST_FOR_REPORT)) \
 		$(call opt,--data-root,$(DATA_ROOT)) --top $(or $(TOP),50) --output $(or $(OUT),report.html)
+
+.PHONY: select similar
+select: $(INSTALL)
+	$(if $(SCORES),,$(error SCORES=path/to/scores.jsonl is required (written by make score)))
+	$(PYTHON) selection.py select --scores $(SCORES) --config $(CONFIG) $(call opt,--manifest,$(MANIFEST_FOR_REPORT)) \
+		$(call opt,--data-root,$(DATA_ROOT)) $(call opt,--labels,$(LABELS)) $(call opt,--top,$(TOP)) \
+		--output $(or $(OUT),selection.jsonl) $(ARGS)
+
+similar: $(INSTALL)
+	$(if $(SCORES),,$(error SCORES=path/to/scores.jsonl is required (written by make score)))
+	$(if $(CLIP),,$(error CLIP=clip_id is required (a clip_id from SCORES)))
+	$(PYTHON) selection.py similar --scores $(SCORES) --config $(CONFIG) --clip '$(CLIP)' $(call opt,--k,$(K)) \
+		--output $(or $(OUT),similar.jsonl) $(ARGS)
 
 test: $(INSTALL)
 	$(PYTHON) -m pytest -q tests $(ARGS)

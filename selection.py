@@ -1,0 +1,516 @@
+"""Pick a diverse set of clips for labelling, and find the clips most like a given one, from infer.py's
+scores and the embeddings written beside them.
+
+Usage:
+  python selection.py select --scores S [--manifest M] [--data-root R] [--labels L] [--top 50]
+                             [--output selection.jsonl]
+  python selection.py similar --scores S --clip CLIP_ID [--k 20] [--output similar.jsonl]
+  make select SCORES=S [MANIFEST=M] [LABELS=L] [TOP=50] [OUT=selection.jsonl]
+  make similar SCORES=S CLIP=CLIP_ID [K=20] [OUT=similar.jsonl]
+
+Inputs: the scores JSONL S (one line per clip), S.emb.npy ((N, D) float32, row i = line i, a failed clip's
+row all NaN) and S.meta.json (its embed_dim).
+select walks the scored clips by score (highest first, ties by clip_id) and takes a clip unless its cosine to
+a clip already taken is >= selection.max_similarity (a near-duplicate) or its scene already has
+selection.per_scene picks; it stops after --top picks. Every clip it skips is listed under the pick that
+suppressed it. Writes OUT (JSONL, one line per pick), the same picks as OUT with a .csv suffix, and
+OUT.meta.json (settings, counts, nearest-neighbour cosines of the raw top clips, label metrics). It prints
+those cosines, to help choose selection.max_similarity, and with --labels compares the raw ranking with the
+selection.
+similar lists the clip itself (rank 0, cosine 1) and then the K clips nearest to it by cosine.
+Embeddings are read through short-lived memory maps, in pieces of about selection.chunk_mb: never whole.
+"""
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import re
+from array import array
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+import jepa
+
+WALK_BATCH = 1024  # candidates read and compared with the picks in one matrix product
+NN_THRESHOLDS = (0.8, 0.9, 0.95, 0.98, 0.99)  # printed shares of top clips with a neighbour at >= each
+PICK_COLUMNS = ("rank", "clip_id", "scene", "camera", "score", "first_frame", "last_frame", "first_timestamp",
+                "last_timestamp")
+PLAIN_CLIP_ID = re.compile(rb'"clip_id"\s*:\s*"([^"\\]*)"')  # no escapes in it: its bytes are its text
+
+
+# ---- inputs ----
+
+def _number(x):
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+class Scores:
+    """infer.py's scores JSONL, lean enough for millions of clips: per clip only its id, score and scene are
+    held; any other field is re-read from its line. Row i is line i + 1 (blank lines are refused).
+
+    ids: N str; score: (N,) float64, NaN = no score; scene: (N,) int32 index into scene_names."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise jepa.UserError(f"{path}: scores file not found (write one with make score)")
+        self.ids, scene_code, self.scene_names = [], {}, []
+        score, scene, offsets, pos = array("d"), array("i"), array("q"), 0
+        with open(self.path, "rb") as f:
+            for i, raw in enumerate(f):
+                obj = self._parse(raw, i)
+                self.ids.append(obj["clip_id"])
+                s = obj.get("score")
+                score.append(s if s is not None and math.isfinite(s) else math.nan)
+                name = str(obj.get("scene", "unknown"))
+                if name not in scene_code:
+                    scene_code[name] = len(self.scene_names)
+                    self.scene_names.append(name)
+                scene.append(scene_code[name])
+                offsets.append(pos)
+                pos += len(raw)
+        if not self.ids:
+            raise jepa.UserError(f"{path}: empty scores file (no clips)")
+        self.score, self.scene = np.frombuffer(score, np.float64), np.frombuffer(scene, np.int32)
+        self.offsets = np.frombuffer(offsets, np.int64)
+
+    def __len__(self):
+        return len(self.ids)
+
+    def where(self, i):
+        return f"{self.path}:{i + 1}"
+
+    def _parse(self, raw, i):
+        if not raw.strip():
+            raise jepa.UserError(f"{self.where(i)}: blank line; embedding row i belongs to line i + 1, so "
+                                 f"the file must hold one line per clip (rewrite it with make score)")
+        try:
+            obj = json.loads(raw)
+        except ValueError:
+            obj = None
+        if not isinstance(obj, dict) or not isinstance(obj.get("clip_id"), str) \
+                or not (obj.get("score") is None or _number(obj["score"])):
+            raise jepa.UserError(f"{self.where(i)}: not a scores line (a JSON object with a string clip_id "
+                                 f"and a numeric or null score); rewrite it with make score")
+        return obj
+
+    def line(self, i):
+        """Line i + 1 as a dict (re-read from the file)."""
+        with open(self.path, "rb") as f:
+            f.seek(int(self.offsets[i]))
+            return self._parse(f.readline(), i)
+
+    def find(self, clip_id):
+        try:
+            return self.ids.index(clip_id)
+        except ValueError:
+            raise jepa.UserError(f"{self.path}: no clip {clip_id!r} in this scores file; pass a clip_id "
+                                 f"from it")
+
+
+def read_meta(scores_path):
+    """S.meta.json as a dict, or {} when missing or unreadable (only its embed_dim is checked here)."""
+    try:
+        meta = json.loads(Path(f"{scores_path}.meta.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+class Embeddings:
+    """S.emb.npy, read in bounded pieces, never whole: np.load(mmap_mode="r") checks its header, full passes
+    map one chunk at a time and unmap it (a map kept open holds every page it touched in RSS, which would grow
+    to the file's size), scattered rows are read with pread."""
+
+    def __init__(self, scores):
+        self.path = Path(f"{scores.path}.emb.npy")
+        if not self.path.is_file():
+            raise jepa.UserError(f"{self.path}: embeddings of {scores.path} not found; score the clips again "
+                                 f"with make score, which writes them beside the scores")
+        try:
+            mm = np.load(self.path, mmap_mode="r")
+        except (OSError, ValueError) as e:
+            raise jepa.UserError(f"{self.path}: not a readable .npy file ({e}); score the clips again")
+        if mm.dtype != np.float32 or mm.ndim != 2 or not mm.flags.c_contiguous:
+            raise jepa.UserError(f"{self.path}: expected a C-ordered (N, D) float32 array, got {mm.dtype} "
+                                 f"{mm.shape}; score the clips again")
+        (self.n, self.dim), self.offset = mm.shape, mm.offset
+        del mm
+        if self.n != len(scores):
+            raise jepa.UserError(f"{self.path} has {self.n} rows but {scores.path} has {len(scores)} lines; "
+                                 f"use the two files of one make score run")
+        dim = read_meta(scores.path).get("embed_dim")
+        if dim is not None and dim != self.dim:
+            raise jepa.UserError(f"{self.path} holds {self.dim}-d rows but {scores.path}.meta.json says "
+                                 f"embed_dim {dim}; use the two files of one make score run")
+
+    def _map(self, start, stop):
+        offset = self.offset + start * self.dim * 4
+        return np.memmap(self.path, np.float32, "r", offset, (stop - start, self.dim))
+
+    def take(self, rows):
+        """Rows (B,) in any order -> (B, D) float32, read with pread, one read per run of consecutive rows.
+        Not through a memory map: each scattered row touched there maps a whole page-cache folio (over 1 MB a
+        row on this machine's kernel), so a batch of 1,024 rows would add over 1 GB to RSS."""
+        uniq, back = np.unique(np.asarray(rows, np.int64), return_inverse=True)
+        got = np.empty((len(uniq), self.dim), np.float32)
+        starts = np.flatnonzero(np.diff(uniq, prepend=-2) != 1)
+        row_bytes = self.dim * 4
+        with open(self.path, "rb", buffering=0) as f:
+            for a, b in zip(starts, np.r_[starts[1:], len(uniq)]):
+                data = os.pread(f.fileno(), (b - a) * row_bytes, self.offset + int(uniq[a]) * row_bytes)
+                if len(data) != (b - a) * row_bytes:
+                    raise jepa.UserError(f"{self.path}: truncated (row {uniq[b - 1]} missing); score again")
+                got[a:b] = np.frombuffer(data, np.float32).reshape(b - a, self.dim)
+        return got[back.reshape(-1)]
+
+    def chunks(self, rows):
+        """Yield (first row, (<= rows, D) float32) over the whole file in order. The array is one buffer
+        reused for every chunk: it is valid until the next one is read."""
+        buf = np.empty((min(rows, self.n), self.dim), np.float32)
+        for start in range(0, self.n, rows):
+            stop = min(start + rows, self.n)
+            mm = self._map(start, stop)
+            buf[:stop - start] = mm
+            del mm
+            yield start, buf[:stop - start]
+
+    def chunk_rows(self, chunk_mb):
+        return max(1, chunk_mb * 2 ** 20 // (self.dim * 4))
+
+
+def unit_rows(x):
+    """(B, D) -> (B, D) float64 rows of norm 1; a zero row stays zero (cosine 0 with everything)."""
+    x = np.asarray(x, np.float64)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norms > 0, norms, 1.0)
+
+
+def finite_rows(emb, scores, rows, x):
+    """x: (B, D) rows `rows`. Refuse a scored clip whose row holds NaN/inf (the two files disagree)."""
+    bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
+    if len(bad):
+        i = int(rows[bad[0]])
+        raise jepa.UserError(f"{emb.path}: row {i} is not finite but {scores.where(i)} ({scores.ids[i]!r}) "
+                             f"has a score; use the two files of one make score run")
+    return x
+
+
+def check_config(sel):
+    """Range checks of the selection section (jepa.validate_config checks the others)."""
+    rules = [(-1.0 <= sel["max_similarity"] <= 1.0, "max_similarity", "must be in [-1, 1]"),
+             (sel["per_scene"] >= 0, "per_scene", "must be >= 0 (0 = no limit)"),
+             (sel["top"] >= 1, "top", "must be >= 1"), (sel["similar_k"] >= 1, "similar_k", "must be >= 1"),
+             (sel["chunk_mb"] >= 1, "chunk_mb", "must be >= 1")]
+    for ok, key, rule in rules:
+        if not ok:
+            raise jepa.UserError(f"config key selection.{key} = {sel[key]!r} {rule}")
+
+
+# ---- select ----
+
+def walk_order(score, ids):
+    """Rows with a score, highest first, ties by clip_id (eval.rank_order's order): (M,) int64."""
+    valid = np.flatnonzero(~np.isnan(score))
+    order = valid[np.argsort(-score[valid], kind="stable")]
+    s = score[order]
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+    ends = np.r_[starts[1:], len(s)]
+    tied = ends - starts > 1
+    for a, b in zip(starts[tied], ends[tied]):  # sort only tied runs by clip_id: N strings would be slow
+        order[a:b] = sorted(order[a:b], key=ids.__getitem__)
+    return order
+
+
+def greedy_select(order, emb, scores, top, max_similarity, per_scene, batch=WALK_BATCH):
+    """Walk candidate rows `order` (M,) and pick up to `top`. Returns (picks, folded): picks = [row];
+    folded = {pick position: [(row, cosine to that pick, "near_duplicate" | "scene_quota")]} in walk order.
+
+    A near-duplicate is folded under its most similar pick; a clip over its scene's quota under the most
+    similar pick of that scene. The candidates of a batch are compared with the earlier picks in one product
+    and with this batch's picks through the batch's Gram matrix, so no candidate is read twice."""
+    picks, folded, by_scene = [], defaultdict(list), defaultdict(list)
+    vecs = np.empty((top, emb.dim))  # the picks' unit vectors
+    for start in range(0, len(order), batch):
+        rows = order[start:start + batch]
+        cand = unit_rows(finite_rows(emb, scores, rows, emb.take(rows)))
+        to_earlier, gram, new = cand @ vecs[:len(picks)].T, cand @ cand.T, []
+        for b, row in enumerate(rows):
+            sims = np.concatenate([to_earlier[b], gram[b, new]])  # (len(picks),) cosine to each pick
+            same = by_scene[int(scores.scene[row])]
+            if len(sims) and sims.max() >= max_similarity:
+                j = int(sims.argmax())
+                folded[j].append((int(row), float(sims[j]), "near_duplicate"))
+            elif per_scene and len(same) >= per_scene:
+                j = same[int(sims[same].argmax())]
+                folded[j].append((int(row), float(sims[j]), "scene_quota"))
+            else:
+                vecs[len(picks)] = cand[b]
+                same.append(len(picks))
+                picks.append(int(row))
+                new.append(b)
+                if len(picks) == top:
+                    return picks, folded
+    return picks, folded
+
+
+def neighbour_cosines(emb, scores, rows):
+    """Each of `rows` (K,)'s highest cosine to the other K rows: (K,) float64 (empty when K < 2)."""
+    if len(rows) < 2:
+        return np.empty(0)
+    v = unit_rows(finite_rows(emb, scores, rows, emb.take(rows)))
+    gram = v @ v.T
+    np.fill_diagonal(gram, -np.inf)
+    return gram.max(axis=1)
+
+
+def cosine_summary(nn, max_similarity):
+    """Quantiles of nearest-neighbour cosines and the share of clips with a neighbour at >= each threshold."""
+    if not len(nn):
+        return {}
+    qs = {"min": 0, "p10": 0.1, "p25": 0.25, "median": 0.5, "p75": 0.75, "p90": 0.9, "max": 1}
+    return {"clips": len(nn), "quantiles": {k: round(float(np.quantile(nn, q)), 4) for k, q in qs.items()},
+            "share_at_or_above": {str(t): round(float((nn >= t).mean()), 4)
+                                  for t in sorted({*NN_THRESHOLDS, max_similarity})}}
+
+
+def manifest_details(path, root, wanted):
+    """{clip_id: (first frame, last frame, first timestamp, last timestamp)} for the ids in `wanted`, streamed
+    line by line: a million-line manifest is never held. A line whose plain clip_id is not wanted is skipped
+    unparsed (8x faster); lines with an escaped or derived clip_id are parsed."""
+    from manifest import _clip_record  # the manifest reader's own normalisation (both styles, derived ids)
+    path = Path(path)
+    if not path.is_file():
+        raise jepa.UserError(f"{path}: manifest not found (leave MANIFEST= out to select without frame "
+                             f"details)")
+    base = Path(root) if root else path.resolve().parent
+    found, wanted_bytes = {}, {c.encode() for c in wanted}
+    with open(path, "rb") as f:
+        for line, raw in enumerate(f, 1):
+            named = PLAIN_CLIP_ID.search(raw)
+            if not raw.strip() or (named and named.group(1) not in wanted_bytes):
+                continue
+            try:
+                obj = json.loads(raw)
+            except ValueError:
+                raise jepa.UserError(f"{path}:{line}: not JSON; check the manifest with make check")
+            rec = _clip_record(obj, line, base, f"{path}:{line}")
+            if isinstance(rec, str):
+                raise jepa.UserError(f"{rec}; check the manifest with make check")
+            if rec["clip_id"] in wanted:
+                ts = rec["timestamps"] if isinstance(rec["timestamps"], list) else None
+                ts = ts or [None]
+                found[rec["clip_id"]] = (rec["frames"][0], rec["frames"][-1], ts[0], ts[-1])
+    return found
+
+
+def pick_records(scores, picks, folded, details):
+    """selection.jsonl's objects, one per pick in rank order."""
+    out = []
+    for rank, row in enumerate(picks, 1):
+        obj = scores.line(row)
+        first, last, t0, t1 = details.get(obj["clip_id"], (None, None, None, None))
+        out.append({"rank": rank, "clip_id": obj["clip_id"], "scene": obj.get("scene", "unknown"),
+                    "camera": obj.get("camera", "unknown"), "score": obj["score"],
+                    "first_frame": obj.get("first_frame") or first, "last_frame": last,
+                    "first_timestamp": t0, "last_timestamp": t1,
+                    "near_duplicates": [{"clip_id": scores.ids[r], "score": float(scores.score[r]),
+                                         "similarity": round(sim, jepa.SCORE_DECIMALS), "reason": reason}
+                                        for r, sim, reason in folded[rank - 1]]})
+    return out
+
+
+def csv_text(records):
+    """selection.csv: the scalar columns of each pick plus its number of folded near-duplicates."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow([*PICK_COLUMNS, "near_duplicates"])
+    for r in records:
+        writer.writerow(["" if r[c] is None else r[c] for c in PICK_COLUMNS] + [len(r["near_duplicates"])])
+    return buf.getvalue()
+
+
+def label_metrics(scores, order, picks, labels, k_values):
+    """The raw ranking and the selection side by side: eval.ranking_metrics (AP, P@K, ...) and the number of
+    distinct scenes holding a positive among the first K clips. The selection ranks as its picks in order,
+    then every other clip in score order (what a reviewer would see after the budget)."""
+    from eval import ranking_metrics
+    labelled = [i for i, c in enumerate(scores.ids)
+                if labels.get(c) is not None and not np.isnan(scores.score[i])]
+    raw = {scores.ids[i]: float(scores.score[i]) for i in labelled}
+    above = float(np.nanmax(scores.score)) + 1 + len(picks)  # every pick ranks above every other clip
+    rank_of = {row: r for r, row in enumerate(picks)}
+    chosen = {scores.ids[i]: above - rank_of[i] if i in rank_of else float(scores.score[i]) for i in labelled}
+    # the selection's first K clips, for K up to max(k_values): the picks, then the best clips not picked
+    chosen_rows = picks + [r for r in order[:max(k_values) + len(picks)] if r not in rank_of]
+    out = {}
+    for name, ranking, rows in (("raw", raw, order), ("selection", chosen, chosen_rows)):
+        m = ranking_metrics(ranking, labels, k_values)
+        m["positive_scenes_at_k"] = {str(k): len({int(scores.scene[r]) for r in rows[:k]
+                                                 if labels.get(scores.ids[r]) == 1}) for k in k_values}
+        out[name] = m
+    return out
+
+
+def metrics_table(metrics, k_values):
+    """Fixed-width text: one row per ranking, AP, P@K and positive scenes among the first K."""
+    cols = ["AP"] + [f"P@{k}" for k in k_values] + [f"scenes@{k}" for k in k_values]
+    lines = [f"{'ranking':<10}" + "".join(f"{c:>11}" for c in cols)]
+    for name, m in metrics.items():
+        vals = [m["average_precision"], *(m["precision_at_k"][str(k)] for k in k_values)]
+        lines.append(f"{name:<10}" + "".join(f"{'-' if v is None else f'{v:.3f}':>11}" for v in vals)
+                     + "".join(f"{m['positive_scenes_at_k'][str(k)]:>11}" for k in k_values))
+    first = metrics["raw"]
+    lines.append(f"({first['num_labelled']} labelled clips with a score, {first['num_positive']} positive; "
+                 f"AP and P@K as in make eval; scenes@K = distinct scenes with a positive among the first K)")
+    return "\n".join(lines)
+
+
+def print_cosines(summary, max_similarity):
+    if not summary:
+        return
+    q = "  ".join(f"{k} {v:.3f}" for k, v in summary["quantiles"].items())
+    shares = ", ".join(f">= {t}: {v:.0%}" for t, v in summary["share_at_or_above"].items())
+    print(f"nearest-neighbour cosine among the raw top {summary['clips']}: {q}\n"
+          f"  share with a neighbour at {shares}  (max_similarity {max_similarity})")
+
+
+def run_select(args, cfg):
+    sel, out = cfg["selection"], Path(args.output)
+    if out.suffix == ".csv":  # the CSV goes beside the JSONL under this very name
+        raise jepa.UserError(f"--output {out}: name the picks JSONL (e.g. selection.jsonl); the CSV is "
+                             f"written beside it with a .csv suffix")
+    jepa.check_output_writable(out)
+    scores = Scores(args.scores)
+    emb = Embeddings(scores)
+    if args.labels:
+        from eval import read_labels
+        labels = read_labels(args.labels)  # before the walk: a bad labels file fails fast
+    order = walk_order(scores.score, scores.ids)
+    if not len(order):
+        raise jepa.UserError(f"{scores.path}: no clip has a score (all failed); nothing to select")
+    picks, folded = greedy_select(order, emb, scores, sel["top"], sel["max_similarity"], sel["per_scene"])
+    details = {} if not args.manifest else \
+        manifest_details(args.manifest, args.data_root, {scores.ids[r] for r in picks})
+    records = pick_records(scores, picks, folded, details)
+    reasons = [reason for f in folded.values() for _, _, reason in f]
+    meta = {"scores": str(scores.path), "embeddings": str(emb.path), "manifest": args.manifest,
+            "top": sel["top"], "max_similarity": sel["max_similarity"], "per_scene": sel["per_scene"],
+            "clips": len(scores), "scored": len(order), "picked": len(picks),
+            "walked": len(picks) + len(reasons),
+            "near_duplicate": reasons.count("near_duplicate"), "scene_quota": reasons.count("scene_quota"),
+            "nearest_neighbour_cosine": cosine_summary(neighbour_cosines(emb, scores, order[:sel["top"]]),
+                                                       sel["max_similarity"])}
+    if args.labels:
+        k_values = sorted({k for k in cfg["evaluation"]["k_values"] if k < sel["top"]} | {sel["top"]})
+        meta["labels"] = args.labels
+        meta["ranking"] = label_metrics(scores, order, picks, labels, k_values)
+    jepa.atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in records))
+    jepa.atomic_write_text(out.with_suffix(".csv"), csv_text(records))
+    jepa.atomic_write_text(f"{out}.meta.json", json.dumps(meta, indent=1) + "\n")
+
+    for r in records[:10]:
+        print(f"{r['rank']:>4}. {r['score']:.4f}  {r['clip_id']}  (+{len(r['near_duplicates'])} folded)")
+    print_cosines(meta["nearest_neighbour_cosine"], sel["max_similarity"])
+    if args.manifest and len(details) < len(picks):
+        print(f"warning: {len(picks) - len(details)} picked clip(s) not in {args.manifest}: no last frame or "
+              f"timestamps for them")
+    if args.labels:
+        print(metrics_table(meta["ranking"], k_values))
+    print(f"picked {len(picks)} of {len(order)} scored clips, walking {meta['walked']}: folded "
+          f"{meta['near_duplicate']} near-duplicates (cosine >= {sel['max_similarity']}) and "
+          f"{meta['scene_quota']} over the scene quota ({sel['per_scene'] or 'none'}) -> {out}, "
+          f"{out.with_suffix('.csv')}")
+
+
+# ---- similar ----
+
+def nearest(emb, row, k, chunk_rows, ids):
+    """The k rows with the highest cosine to `row` (itself left out): [(row, cosine)], highest first, ties by
+    clip_id. A float32 pass over the file in chunks keeps 2k candidates; they are re-ranked in float64."""
+    q32 = unit_rows(emb.take([row]))[0].astype(np.float32)
+    keep = 2 * k
+    best, best_sim = np.empty(0, np.int64), np.empty(0, np.float32)
+    for start, chunk in emb.chunks(chunk_rows):
+        norms = np.sqrt(np.einsum("ij,ij->i", chunk, chunk))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            sims = np.nan_to_num((chunk @ q32) / norms, nan=-np.inf, posinf=-np.inf, neginf=-np.inf)
+        if start <= row < start + len(chunk):
+            sims[row - start] = -np.inf
+        cand = np.concatenate([best, start + np.arange(len(chunk))])
+        cand_sim = np.concatenate([best_sim, sims])
+        top = np.argpartition(-cand_sim, keep)[:keep] if len(cand) > keep else np.arange(len(cand))
+        best, best_sim = cand[top], cand_sim[top]
+    best = best[np.isfinite(best_sim)]  # failed clips (NaN rows) and zero rows have no cosine
+    exact = unit_rows(emb.take(best)) @ unit_rows(emb.take([row]))[0]
+    ranked = sorted(zip(best.tolist(), exact.tolist()), key=lambda rs: (-rs[1], ids[rs[0]]))
+    return ranked[:k]
+
+
+def run_similar(args, cfg):
+    sel, out = cfg["selection"], Path(args.output)
+    jepa.check_output_writable(out)
+    scores = Scores(args.scores)
+    emb = Embeddings(scores)
+    row = scores.find(args.clip)
+    if not np.isfinite(emb.take([row])).all():
+        raise jepa.UserError(f"{scores.where(row)}: clip {args.clip!r} has no embedding (its scoring "
+                             f"failed); pick a scored clip")
+    found = [(row, 1.0)] + nearest(emb, row, sel["similar_k"], emb.chunk_rows(sel["chunk_mb"]), scores.ids)
+    records = []
+    for rank, (r, sim) in enumerate(found):
+        obj = scores.line(r)
+        records.append({"rank": rank, "clip_id": obj["clip_id"], "scene": obj.get("scene", "unknown"),
+                        "camera": obj.get("camera", "unknown"), "score": obj.get("score"),
+                        "similarity": round(sim, jepa.SCORE_DECIMALS), "first_frame": obj.get("first_frame")})
+        score = "failed" if obj.get("score") is None else f"{obj['score']:.4f}"
+        print(f"{rank:>4}. cosine {sim:.4f}  score {score:>7}  {obj['clip_id']}")
+    jepa.atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in records))
+    print(f"{len(found) - 1} nearest clips to {args.clip} of {len(scores)} -> {out}")
+
+
+# ---- command line ----
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("select", help="pick clips for labelling, folding near-duplicates (make select)")
+    m = sub.add_parser("similar", help="the clips nearest to one clip by cosine (make similar)")
+    for q in (s, m):
+        q.add_argument("--scores", required=True, help="scores JSONL from make score; S.emb.npy must lie "
+                       "beside it")
+        q.add_argument("--config", default=str(jepa.CONFIG_PATH), help="YAML with the keys to change "
+                       "(default: the shipped config.yaml)")
+        q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key, e.g. selection.max_similarity=0.9; repeatable")
+    s.add_argument("--manifest", help="manifest the clips were scored from, for last frames and timestamps "
+                   "(default: none, those fields are null)")
+    s.add_argument("--data-root", help="folder relative manifest paths resolve against (default: the "
+                   "manifest's)")
+    s.add_argument("--labels", help="JSONL of {clip_id, binary_label: 0|1|null}: compare the raw ranking and "
+                   "the selection (default: none)")
+    s.add_argument("--top", type=int, help="clips to pick (default: selection.top, 50)")
+    s.add_argument("--output", default="selection.jsonl", help="picks JSONL; the CSV and OUT.meta.json go "
+                   "beside it (default: selection.jsonl)")
+    m.add_argument("--clip", required=True, help="clip_id of the clip to find neighbours of")
+    m.add_argument("--k", type=int, help="neighbours to list after the clip itself (default: "
+                   "selection.similar_k, 20)")
+    m.add_argument("--output", default="similar.jsonl", help="neighbours JSONL (default: similar.jsonl)")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    named = {"top": getattr(args, "top", None), "similar_k": getattr(args, "k", None)}
+    sets = [*args.set, *(f"selection.{key}={v}" for key, v in named.items() if v is not None)]
+    cfg = jepa.load_config(args.config, sets)
+    check_config(cfg["selection"])
+    return run_select(args, cfg) if args.command == "select" else run_similar(args, cfg)
+
+
+if __name__ == "__main__":
+    jepa.run_cli(main)
