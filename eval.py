@@ -18,6 +18,7 @@ from collections import defaultdict
 import torch
 from tqdm import tqdm
 
+import cli
 import jepa
 from manifest import check_frames, read_jsonl, read_manifest
 
@@ -30,7 +31,7 @@ def read_labels(path):
                 if "binary_label" not in obj or isinstance(obj["binary_label"], bool)  # JSON true would pass as 1
                 or obj["binary_label"] not in (0, 1, None) or isinstance(obj["binary_label"], float)]
     if problems:
-        raise jepa.UserError("\n".join(problems))
+        raise cli.UserError("\n".join(problems))
     return {obj["clip_id"]: obj["binary_label"] for _, obj in rows}
 
 
@@ -116,7 +117,7 @@ def ranking_table(blocks, k_values):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    jepa.add_scoring_args(p)
+    cli.add_scoring_args(p)
     p.add_argument("--labels", help="JSONL of {clip_id, binary_label: 0|1|null} to add ranking metrics")
     return p.parse_args(argv)
 
@@ -129,7 +130,7 @@ def check_label_overlap(labels, records, labels_path, manifest):
     example = (f"e.g. the labels have {next(iter(labels))!r}, the manifest has {clip_ids[0]!r}; use the "
                f"manifest's clip_id values (`make check` prints how missing ones are derived)")
     if matched == 0:
-        raise jepa.UserError(f"{labels_path}: none of its {len(labels)} clip_ids is in {manifest}; {example}")
+        raise cli.UserError(f"{labels_path}: none of its {len(labels)} clip_ids is in {manifest}; {example}")
     if matched < len(labels) / 2:
         print(f"warning: {labels_path}: only {matched} of its {len(labels)} clip_ids are in {manifest}; "
               f"{example}", file=sys.stderr)
@@ -147,8 +148,8 @@ class Evaluation:
         self.pred_cos.append(clip.pred_cos)
         self.masked_cos.append(clip.masked_cos)
         self.per_scene[rec["scene"]].append(clip.pred_cos)
-        self.scores[rec["clip_id"]] = jepa.clip_score((1 - clip.pred_cos).tolist(), self.aggregate)
-        self.gaps[rec["clip_id"]] = jepa.clip_score((1 - clip.masked_cos).tolist(), self.aggregate)
+        self.scores[rec["clip_id"]] = cli.clip_score((1 - clip.pred_cos).tolist(), self.aggregate)
+        self.gaps[rec["clip_id"]] = cli.clip_score((1 - clip.masked_cos).tolist(), self.aggregate)
 
     def summary(self):
         all_pred = torch.cat(self.pred_cos).double()
@@ -166,7 +167,7 @@ class Evaluation:
 
 def main(argv=None):
     args = parse_args(argv)
-    jepa.check_output(args.output, {"--checkpoint": args.checkpoint, "--manifest": args.manifest,
+    cli.check_output(args.output, {"--checkpoint": args.checkpoint, "--manifest": args.manifest,
                                     "--labels": args.labels})
     scorer = jepa.load_for_scoring(args)
     records = read_manifest(args.manifest, scorer.config["data"]["root"], scorer.config["data"]["tubelet_size"])
@@ -178,14 +179,14 @@ def main(argv=None):
     evaluation = Evaluation(ev["aggregate"])
     for clip in tqdm(scorer.score(records), total=len(records), unit="clip", mininterval=2):
         if clip.error:
-            raise jepa.UserError(f"{args.manifest}:{records[clip.index]['line']}: {clip.error}")
+            raise cli.UserError(f"{args.manifest}:{records[clip.index]['line']}: {clip.error}")
         evaluation.add(records[clip.index], clip)
     result = {**evaluation.summary(), "num_clips": len(records), "checkpoint": str(args.checkpoint),
               "encoder": scorer.config["model"]["encoder_name"], "epoch": scorer.checkpoint["epoch"],
               "aggregate": ev["aggregate"]}
     if labels is not None:
         result["ranking"] = evaluation.ranking(labels, ev["k_values"])
-    jepa.atomic_write_text(args.output, json.dumps(result, indent=2) + "\n")
+    cli.atomic_write_text(args.output, json.dumps(result, indent=2) + "\n")
     print(f"cosine(pred, clean) {result['mean_cosine_similarity']:.4f} +- {result['std_cosine_similarity']:.4f}  "
           f"vs no-predictor cosine(masked, clean) {result['masked_cosine_similarity']:.4f}  "
           f"({result['num_clips']} clips, {result['num_tubelets']} tubelets)")
@@ -195,4 +196,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    jepa.run_cli(main, on_interrupt="nothing was written; run the same command again")
+    cli.run_cli(main, on_interrupt="nothing was written; run the same command again")

@@ -16,7 +16,6 @@ The manifest is validated whole but kept as byte offsets (a 1M-clip manifest cos
 only its own clips. --shard auto reads the shard from a Slurm job array or a Kubernetes Indexed Job.
 """
 import argparse
-import hashlib
 import io
 import json
 import os
@@ -27,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-import jepa
+import cli
 from manifest import id_hash, scan_manifest
 
 IDENTITY = ("checkpoint_sha256", "manifest_fingerprint", "frames_base", "encoder_fingerprint", "shard", "aggregate",
@@ -37,7 +36,7 @@ SYNC_EVERY_S = 10  # fsync the output this often: a machine crash loses at most 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    jepa.add_scoring_args(p, checkpoint_required=False)
+    cli.add_scoring_args(p, checkpoint_required=False)
     p.add_argument("--shard", help="I/N: score only clips at positions I, I+N, I+2N, ... (0 <= I < N); auto: "
                                    "I and N from a Slurm job array or a Kubernetes Indexed Job")
     p.add_argument("--overwrite", action="store_true", help="discard an existing output file and start over")
@@ -58,7 +57,7 @@ def parse_shard(text, env=os.environ):
         i, n = (int(x) for x in text.split("/"))
         assert 0 <= i < n
     except (ValueError, AssertionError):
-        raise jepa.UserError(f"--shard {text}: expected I/N with 0 <= I < N (e.g. --shard 0/4), or auto")
+        raise cli.UserError(f"--shard {text}: expected I/N with 0 <= I < N (e.g. --shard 0/4), or auto")
     return i, n
 
 
@@ -73,12 +72,12 @@ def shard_from_environment(env):
             return parse_shard(f"{(int(env['SLURM_ARRAY_TASK_ID']) - low) // step}/{count}")
         if "JOB_COMPLETION_INDEX" in env:
             if "JOB_COMPLETIONS" not in env:
-                raise jepa.UserError("--shard auto: JOB_COMPLETION_INDEX is set but JOB_COMPLETIONS is not; set it "
+                raise cli.UserError("--shard auto: JOB_COMPLETION_INDEX is set but JOB_COMPLETIONS is not; set it "
                                      "to the Job's spec.completions (see docs/k8s_score_job.yaml)")
             return parse_shard(f"{int(env['JOB_COMPLETION_INDEX'])}/{int(env['JOB_COMPLETIONS'])}")
     except (KeyError, ValueError) as e:
-        raise jepa.UserError(f"--shard auto: the array job's environment is incomplete or not numbers ({e})")
-    raise jepa.UserError("--shard auto: not inside a Slurm job array (SLURM_ARRAY_TASK_ID) or a Kubernetes "
+        raise cli.UserError(f"--shard auto: the array job's environment is incomplete or not numbers ({e})")
+    raise cli.UserError("--shard auto: not inside a Slurm job array (SLURM_ARRAY_TASK_ID) or a Kubernetes "
                          "Indexed Job (JOB_COMPLETION_INDEX); pass --shard I/N (SHARD=I/N) instead")
 
 
@@ -110,8 +109,8 @@ def result_line(rec, clip, aggregate):
         row.update(score=None, tubelet_scores=[], error=clip.error)
     else:
         novelty = (1 - clip.pred_cos).tolist()
-        row.update(score=jepa.clip_score(novelty, aggregate),
-                   tubelet_scores=[round(x, jepa.SCORE_DECIMALS) for x in novelty])
+        row.update(score=cli.clip_score(novelty, aggregate),
+                   tubelet_scores=[round(x, cli.SCORE_DECIMALS) for x in novelty])
     return (json.dumps(row) + "\n").encode()
 
 
@@ -134,17 +133,17 @@ class ScoresOutput:
     def check_origin(self, meta):
         """Refuse to continue an output written by another checkpoint, manifest, encoder or shard."""
         if not self.meta.exists():
-            raise jepa.UserError(f"{self.out} exists without {self.meta.name}, so its origin is unknown; pass "
+            raise cli.UserError(f"{self.out} exists without {self.meta.name}, so its origin is unknown; pass "
                                  f"--overwrite to replace it or choose another --output")
         try:
             old = json.loads(self.meta.read_text())
         except (OSError, ValueError):
             old = None
         if not isinstance(old, dict):
-            raise jepa.UserError(f"{self.meta}: corrupt; pass --overwrite to start over")
+            raise cli.UserError(f"{self.meta}: corrupt; pass --overwrite to start over")
         diff = [k for k in IDENTITY if old.get(k) != meta.get(k)]
         if diff:
-            raise jepa.UserError(f"{self.out} was written with another {', '.join(diff)} ({old.get('checkpoint')}, "
+            raise cli.UserError(f"{self.out} was written with another {', '.join(diff)} ({old.get('checkpoint')}, "
                                  f"{old.get('manifest')}); pass --overwrite to start over or choose another --output")
 
     def keep_complete(self, clips):
@@ -159,7 +158,7 @@ class ScoresOutput:
                     break  # no embedding row yet, or torn by a kill mid-write: scored again
                 row = parse_row(raw)
                 if kept >= len(clips) or id_hash(str(row.get("clip_id"))) != clips.id_hashes[kept]:
-                    raise jepa.UserError(f"{self.out}:{kept + 1}: does not match the manifest's clip order; "
+                    raise cli.UserError(f"{self.out}:{kept + 1}: does not match the manifest's clip order; "
                                          f"pass --overwrite")
                 kept, size, failed = kept + 1, size + len(raw), failed + ("error" in row)
         os.truncate(self.out, size)
@@ -173,15 +172,15 @@ class ScoresOutput:
             self.check_origin(meta)
             done = self.keep_complete(clips)
         else:
-            jepa.atomic_write_text(self.out, "")
+            cli.atomic_write_text(self.out, "")
             self._cut_embeddings(0)
-        jepa.atomic_write_text(self.meta, json.dumps({k: meta[k] for k in sorted(meta) if meta[k] is not None},
+        cli.atomic_write_text(self.meta, json.dumps({k: meta[k] for k in sorted(meta) if meta[k] is not None},
                                                      indent=1) + "\n")
         return done
 
     def _cut_embeddings(self, rows):
         if not self.emb.exists() or rows == 0:
-            jepa.atomic_write(self.emb, lambda f: f.write(emb_header(0, self.dim)))
+            cli.atomic_write(self.emb, lambda f: f.write(emb_header(0, self.dim)))
             return
         os.truncate(self.emb, HEADER_BYTES + rows * 4 * self.dim)
         with open(self.emb, "r+b") as f:
@@ -216,10 +215,10 @@ def write_scores(output, scorer, clips, done, failed):
                 if time.time() - synced > SYNC_EVERY_S:
                     sync()
                     synced = time.time()
-                jepa.kill_hook_for_tests("infer_line", rows)  # test hook: no-op unless JEPA_TEST_KILL_AT is set
+                cli.kill_hook_for_tests("infer_line", rows)  # test hook: no-op unless JEPA_TEST_KILL_AT is set
             sync()
     except OSError as e:
-        raise jepa.UserError(f"cannot write {output.out}: {e.strerror or e}; free space, then rerun the same "
+        raise cli.UserError(f"cannot write {output.out}: {e.strerror or e}; free space, then rerun the same "
                              f"command (complete lines are kept)")
     return failed
 
@@ -227,23 +226,24 @@ def write_scores(output, scorer, clips, done, failed):
 def score(args):
     out = Path(args.output)
     shard = parse_shard(args.shard) if args.shard else (0, 1)
-    jepa.check_output(out, {"--checkpoint": args.checkpoint, "--manifest": args.manifest})
-    target = jepa.output_target(out)
-    with jepa.exclusive_lock(target.with_name(f".{target.name}.lock"), f"{out}"):  # one writer per output
+    cli.check_output(out, {"--checkpoint": args.checkpoint, "--manifest": args.manifest})
+    target = cli.output_target(out)
+    with cli.exclusive_lock(target.with_name(f".{target.name}.lock"), f"{out}"):  # one writer per output
         return score_locked(args, out, shard)
 
 
 def score_locked(args, out, shard):
+    import jepa  # torch: only scoring needs it, so --merge stays small and fast (e.g. on a login node)
     scorer = jepa.load_for_scoring(args)
     clips = scan_manifest(args.manifest, scorer.config["data"]["root"], scorer.config["data"]["tubelet_size"],
                           shard)
     dim = scorer.encoder.embed_dim
-    jepa.check_output(out, needed_bytes=len(clips) * (512 + 4 * dim))  # a full disk is found before encoding
+    cli.check_output(out, needed_bytes=len(clips) * (512 + 4 * dim))  # a full disk is found before encoding
     meta = {"checkpoint": str(args.checkpoint), "encoder": scorer.config["model"]["encoder_name"],
             "manifest": str(args.manifest), "shard": args.shard and f"{shard[0]}/{shard[1]}",
             "aggregate": scorer.config["evaluation"]["aggregate"],
             "tubelet_size": scorer.config["data"]["tubelet_size"], "embed_dim": dim, "frames_base": clips.base,
-            "checkpoint_sha256": file_sha256(args.checkpoint), "manifest_fingerprint": clips.fingerprint,
+            "checkpoint_sha256": cli.file_sha256(args.checkpoint), "manifest_fingerprint": clips.fingerprint,
             "encoder_fingerprint": scorer.encoder.fingerprint}
     output = ScoresOutput(out, dim)
     done, failed = output.start(meta, args.overwrite, clips)
@@ -256,14 +256,6 @@ def score_locked(args, out, shard):
     return 1 if failed else 0
 
 
-def file_sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 # ---- merge ----
 
 class ShardReader:
@@ -272,15 +264,15 @@ class ShardReader:
     def __init__(self, path):
         self.path = Path(path)
         if not self.path.is_file():
-            raise jepa.UserError(f"{path}: shard file not found")
+            raise cli.UserError(f"{path}: shard file not found")
         meta_path = Path(f"{path}.meta.json")
         try:
             self.meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
         except (OSError, ValueError):
-            raise jepa.UserError(f"{meta_path}: corrupt; rerun that shard's command with --overwrite")
+            raise cli.UserError(f"{meta_path}: corrupt; rerun that shard's command with --overwrite")
         self.dim = self.meta.get("embed_dim")
         if not isinstance(self.dim, int) or not Path(f"{path}.emb.npy").is_file():
-            raise jepa.UserError(f"{path}: no embeddings file or embed_dim beside it (scored by an older "
+            raise cli.UserError(f"{path}: no embeddings file or embed_dim beside it (scored by an older "
                                  f"version?); rescore that shard")
         self.lines, self.emb = open(self.path, "rb"), open(f"{path}.emb.npy", "rb")
         self.emb.seek(HEADER_BYTES)
@@ -294,25 +286,25 @@ class ShardReader:
             self.line = self.clip_id = None
             return None
         if not raw.endswith(b"\n"):
-            raise jepa.UserError(f"{self.path}:{self.number}: torn last line; rerun that shard's command to "
+            raise cli.UserError(f"{self.path}:{self.number}: torn last line; rerun that shard's command to "
                                  f"finish it")
         self.clip_id = parse_row(raw).get("clip_id")
         if not isinstance(self.clip_id, str):
-            raise jepa.UserError(f"{self.path}:{self.number}: not a scores line (a JSON object with a clip_id)")
+            raise cli.UserError(f"{self.path}:{self.number}: not a scores line (a JSON object with a clip_id)")
         self.line = raw
         return self.clip_id
 
     def row(self):
         data = self.emb.read(4 * self.dim)
         if len(data) != 4 * self.dim:
-            raise jepa.UserError(f"{self.path}.emb.npy: fewer rows than lines; rerun that shard's command")
+            raise cli.UserError(f"{self.path}.emb.npy: fewer rows than lines; rerun that shard's command")
         return data
 
 
 def check_same_origin(readers):
     for key in ("checkpoint_sha256", "embed_dim", "encoder_fingerprint", "aggregate"):
         if len({json.dumps(r.meta.get(key)) for r in readers}) > 1:
-            raise jepa.UserError(f"shards were scored with different {key.replace('_sha256', 's')}; rescore them "
+            raise cli.UserError(f"shards were scored with different {key.replace('_sha256', 's')}; rescore them "
                                  f"with one")
 
 
@@ -327,7 +319,7 @@ def interleave(clips, readers, manifest):
             return
         if id_hash(cid) in heads:
             other = heads[id_hash(cid)]
-            raise jepa.UserError(f"{reader.path}:{reader.number}: clip {cid!r} is also in {other.path}")
+            raise cli.UserError(f"{reader.path}:{reader.number}: clip {cid!r} is also in {other.path}")
         heads[id_hash(cid)] = reader
 
     for reader in readers:
@@ -335,21 +327,21 @@ def interleave(clips, readers, manifest):
     for k in range(len(clips)):
         reader = heads.pop(int(clips.id_hashes[k]), None)
         if reader is None:
-            raise jepa.UserError(f"shards do not cover {manifest}: clip {clips[k]['clip_id']!r} (line "
+            raise cli.UserError(f"shards do not cover {manifest}: clip {clips[k]['clip_id']!r} (line "
                                  f"{clips.lines[k]}) is in no shard, or not where manifest order puts it")
         yield reader
         push(reader)
     for reader in heads.values():
-        raise jepa.UserError(f"{reader.path}:{reader.number}: clip {reader.clip_id!r} is not in {manifest} "
+        raise cli.UserError(f"{reader.path}:{reader.number}: clip {reader.clip_id!r} is not in {manifest} "
                              f"(or is out of manifest order, or in two shards)")
 
 
 def merge(args):
     """Join shard files (lines and embedding rows) into manifest order, streaming: nothing is held whole."""
     out = Path(args.output)
-    jepa.check_output(out, {"--manifest": args.manifest, **{f"shard {p}": p for p in args.merge}})
-    target = jepa.output_target(out)
-    with jepa.exclusive_lock(target.with_name(f".{target.name}.lock"), f"{out}"):
+    cli.check_output(out, {"--manifest": args.manifest, **{f"shard {p}": p for p in args.merge}})
+    target = cli.output_target(out)
+    with cli.exclusive_lock(target.with_name(f".{target.name}.lock"), f"{out}"):
         return merge_locked(args, out)
 
 
@@ -367,12 +359,12 @@ def merge_locked(args, out):
                 lines.write(reader.line)
                 emb.write(reader.row())
                 failed += "error" in parse_row(reader.line)
-        jepa.atomic_write(f"{out}.emb.npy", write_rows)
+        cli.atomic_write(f"{out}.emb.npy", write_rows)
 
-    jepa.atomic_write(out, write_both)
+    cli.atomic_write(out, write_both)
     meta = {k: v for k, v in readers[0].meta.items() if k != "shard"}
     meta["manifest_fingerprint"] = clips.fingerprint
-    jepa.atomic_write_text(f"{out}.meta.json", json.dumps(dict(sorted(meta.items())), indent=1) + "\n")
+    cli.atomic_write_text(f"{out}.meta.json", json.dumps(dict(sorted(meta.items())), indent=1) + "\n")
     print(f"merged {len(readers)} shards, {len(clips)} clips ({failed} failed) -> {out} (+ {out.name}.emb.npy)",
           file=sys.stderr)
     return 1 if failed else 0
@@ -384,4 +376,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    jepa.run_cli(main, on_interrupt="complete lines are kept; run the same command again to continue")
+    cli.run_cli(main, on_interrupt="complete lines are kept; run the same command again to continue")

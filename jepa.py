@@ -7,22 +7,17 @@
   5. streaming encode       slices of many clips -> encoder batches -> per-clip embeddings, in order
   6. training and scoring   one epoch over encoded features; one scoring loop shared by eval.py and infer.py
   7. checkpoints            save / load / rebuild the head, pair it with its encoder
-then the plumbing every entry script shares: 8. config, 9. files and locks, 10. RNG state, 11. command line.
+then 8. RNG state (exact resume). The plumbing that needs no torch (errors, config,
+files, locks) is in cli.py.
 
 Shapes: a tubelet is T=data.tubelet_size frames of S=data.image_size pixels, uint8 (T, 3, S, S) before the
 encoder's video processor and float (T, 3, S', S') after it; an embedding is D floats (D = the encoder's
 hidden_size, 1024 for ViT-L). Manifests (reading, validating, building) live in manifest.py.
 """
-import contextlib
-import errno
-import fcntl
 import hashlib
 import json
 import os
 import random
-import signal
-import stat
-import sys
 import threading
 import urllib.error
 import urllib.request
@@ -34,35 +29,18 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import yaml
 from PIL import Image
+
+import cli
 
 CONFIG_PATH = Path(__file__).with_name("config.yaml")
 FORMAT_VERSION = 1  # checkpoint format; bump when its keys change meaning
-SCORE_DECIMALS = 6  # scores are rounded so re-runs, resumes and shards give byte-identical files
 SLICE_TUBELETS = 8  # tubelets decoded at once per clip: memory stays flat however long a clip is
 
 
 # ==================================================================================================
 # 1. frames and masking
 # ==================================================================================================
-
-def special_file_problem(path):
-    """Why `path` cannot be a frame, found without opening it (opening a FIFO blocks forever), or None.
-
-    Only regular files (or links to one) are frames: not folders, named pipes, sockets or device nodes."""
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        return "file not found"
-    except OSError as e:
-        return f"cannot be read ({e.strerror or e})"
-    if stat.S_ISREG(mode):
-        return None
-    kinds = [(stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
-             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")]
-    return "not a regular file but " + next((name for is_kind, name in kinds if is_kind(mode)), "a special file")
-
 
 def _to_8bit(im):
     """16/32-bit integer and 32-bit float grey images scaled to 8 bits (convert("RGB") would clip them)."""
@@ -81,7 +59,7 @@ def load_frame(path, size):
 
     No EXIF transpose (the research pipeline had none; `make check` warns about rotated frames). Raises OSError
     for anything that is not a regular file, without opening it."""
-    problem = special_file_problem(path)
+    problem = cli.special_file_problem(path)
     if problem:
         raise OSError(problem)
     with Image.open(path) as im:
@@ -213,17 +191,17 @@ def make_loader(dataset, workers):
 # ==================================================================================================
 
 def resolve_device(name="auto"):
-    """auto -> CUDA, then Apple MPS, then CPU; a named device that is not there is a UserError."""
+    """auto -> CUDA, then Apple MPS, then CPU; a named device that is not there is a cli.UserError."""
     mps = getattr(torch.backends, "mps", None)
     has_mps = mps is not None and mps.is_available()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
     if name not in ("cpu", "cuda", "mps"):
-        raise UserError(f"--device {name}: expected auto, cpu, cuda or mps")
+        raise cli.UserError(f"--device {name}: expected auto, cpu, cuda or mps")
     if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA GPU visible to PyTorch (use --device cpu or auto)")
+        raise cli.UserError("--device cuda: no CUDA GPU visible to PyTorch (use --device cpu or auto)")
     if name == "mps" and not has_mps:
-        raise UserError("--device mps: Apple MPS is not available here (use --device cpu or auto)")
+        raise cli.UserError("--device mps: Apple MPS is not available here (use --device cpu or auto)")
     return torch.device(name)
 
 
@@ -250,7 +228,7 @@ def hub_reachable(timeout=3.0):
 
 
 def load_encoder_parts(name):
-    """(model, processor) of a V-JEPA 2 hub id or local snapshot folder, or a UserError saying what to do."""
+    """(model, processor) of a V-JEPA 2 hub id or local snapshot folder, or a cli.UserError saying what to do."""
     from transformers import AutoConfig, AutoModel, AutoVideoProcessor
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()  # our own progress bars are the ones that matter
@@ -258,9 +236,9 @@ def load_encoder_parts(name):
             "--local-dir DIR) and pass ENCODER=DIR (--encoder DIR)")
     is_dir = os.path.isdir(name)
     if not is_dir and (name.startswith((".", "/", "~")) or name.count("/") != 1):
-        raise UserError(f"encoder {name!r}: no such folder and not a hub id (org/name); {hint}")
+        raise cli.UserError(f"encoder {name!r}: no such folder and not a hub id (org/name); {hint}")
     if is_dir and not os.path.isfile(os.path.join(name, "config.json")):
-        raise UserError(f"encoder folder {name!r} has no config.json: not a Hugging Face model snapshot; {hint}")
+        raise cli.UserError(f"encoder folder {name!r} has no config.json: not a Hugging Face model snapshot; {hint}")
     auto = (AutoConfig, AutoModel, AutoVideoProcessor)
     if not is_dir:
         try:  # the hub cache first: works offline without waiting for the hub client's retries
@@ -268,20 +246,20 @@ def load_encoder_parts(name):
         except OSError:
             pass
         if os.environ.get("HF_HUB_OFFLINE") == "1" or not hub_reachable():
-            raise UserError(f"encoder {name!r}: not a local folder, not in the Hugging Face cache, and the hub "
+            raise cli.UserError(f"encoder {name!r}: not a local folder, not in the Hugging Face cache, and the hub "
                             f"is unreachable; {hint} (HF_ENDPOINT and HTTPS_PROXY are honoured)")
     try:
         return _load_checked(name, *auto)
     except (OSError, ValueError) as e:
         what = "folder" if is_dir else "hub id"
-        raise UserError(f"encoder {what} {name!r} could not be loaded ({str(e).splitlines()[0]}); {hint}")
+        raise cli.UserError(f"encoder {what} {name!r} could not be loaded ({str(e).splitlines()[0]}); {hint}")
 
 
 def _load_checked(name, AutoConfig, AutoModel, AutoVideoProcessor, **kwargs):
     kwargs["trust_remote_code"] = False  # a snapshot never runs its own code here
     config = AutoConfig.from_pretrained(name, **kwargs)
     if config.model_type != "vjepa2":
-        raise UserError(f"encoder {name!r} is a {config.model_type!r} model, not V-JEPA 2 (model_type vjepa2)")
+        raise cli.UserError(f"encoder {name!r} is a {config.model_type!r} model, not V-JEPA 2 (model_type vjepa2)")
     model = AutoModel.from_pretrained(name, config=config, **kwargs)
     return model, AutoVideoProcessor.from_pretrained(name, **kwargs)
 
@@ -536,12 +514,6 @@ def score_clips(encoder, head, clips, cfg, workers):
         yield ClipScore(clip.index, pred_cos, masked_cos, clip.clean_emb.mean(dim=0), None)
 
 
-def clip_score(novelty, aggregate):
-    """A clip's score from its tubelets' novelty (1 - cos): mean or max, rounded for stable files."""
-    value = max(novelty) if aggregate == "max" else sum(novelty) / len(novelty)
-    return round(float(value), SCORE_DECIMALS)
-
-
 # ==================================================================================================
 # 7. checkpoints
 # ==================================================================================================
@@ -551,7 +523,7 @@ def save_checkpoint(path, head, optimizer, epoch, config, best_metric, **extra):
     ckpt = {"format_version": FORMAT_VERSION, "model_state": head.state_dict(),
             "optimizer_state": optimizer.state_dict() if optimizer is not None else None,
             "epoch": epoch, "config": config, "best_metric": best_metric, **extra}
-    atomic_write(path, lambda f: torch.save(ckpt, f))
+    cli.atomic_write(path, lambda f: torch.save(ckpt, f))
 
 
 CHECKPOINT_TYPES = {"format_version": int, "model_state": dict, "epoch": int, "config": dict,
@@ -563,17 +535,17 @@ def load_checkpoint(path):
     refused, and so is one whose keys are missing or of the wrong type."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: checkpoint not found (pass CKPT=experiments/RUN/best.pt)")
+        raise cli.UserError(f"{path}: checkpoint not found (pass CKPT=experiments/RUN/best.pt)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # UnpicklingError for unsafe pickles, RuntimeError/EOFError for torn or foreign files
-        raise UserError(f"{path}: not a jepa-clips checkpoint (or one that would run code); refusing to load it")
+        raise cli.UserError(f"{path}: not a jepa-clips checkpoint (or one that would run code); refusing to load it")
     wrong = [k for k, kind in CHECKPOINT_TYPES.items()
              if not isinstance(ckpt, dict) or not isinstance(ckpt.get(k), kind) or isinstance(ckpt.get(k), bool)]
     if wrong:
-        raise UserError(f"{path}: not a jepa-clips checkpoint ({', '.join(wrong)} missing or malformed)")
+        raise cli.UserError(f"{path}: not a jepa-clips checkpoint ({', '.join(wrong)} missing or malformed)")
     if ckpt["format_version"] > FORMAT_VERSION:
-        raise UserError(f"{path}: checkpoint format {ckpt['format_version']} is newer than this code "
+        raise cli.UserError(f"{path}: checkpoint format {ckpt['format_version']} is newer than this code "
                         f"({FORMAT_VERSION}); update jepa-clips")
     return ckpt
 
@@ -581,12 +553,12 @@ def load_checkpoint(path):
 def head_from_checkpoint(ckpt, path, device="cpu"):
     """Rebuild the PredictorHead a checkpoint was saved from and load its weights."""
     try:
-        m = load_config(base=ckpt["config"])["model"]
+        m = cli.load_config(base=ckpt["config"])["model"]
         head = PredictorHead(ckpt["embed_dim"], m["predictor_hidden_dim"], m["predictor_dropout"])
         head.load_state_dict(ckpt["model_state"])
     except (RuntimeError, ValueError, TypeError, KeyError) as e:
         first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path}: its weights do not fit the head its config describes ({first}); "
+        raise cli.UserError(f"{path}: its weights do not fit the head its config describes ({first}); "
                         f"not a usable jepa-clips checkpoint")
     return head.to(device).eval()
 
@@ -594,11 +566,11 @@ def head_from_checkpoint(ckpt, path, device="cpu"):
 def check_encoder_matches(ckpt, encoder, ckpt_path):
     """Refuse to pair a head with an encoder other than the one it was trained on."""
     if ckpt["embed_dim"] != encoder.embed_dim:
-        raise UserError(f"{ckpt_path}: head expects {ckpt['embed_dim']}-d embeddings but encoder {encoder.name!r} "
+        raise cli.UserError(f"{ckpt_path}: head expects {ckpt['embed_dim']}-d embeddings but encoder {encoder.name!r} "
                         f"gives {encoder.embed_dim}-d; pass the training encoder ({ckpt['encoder_name']!r}) "
                         f"with --encoder/ENCODER=")
     if ckpt["encoder_fingerprint"] != encoder.fingerprint:
-        raise UserError(f"{ckpt_path}: trained on encoder {ckpt['encoder_name']!r} (fingerprint "
+        raise cli.UserError(f"{ckpt_path}: trained on encoder {ckpt['encoder_name']!r} (fingerprint "
                         f"{ckpt['encoder_fingerprint']}), but {encoder.name!r} has fingerprint "
                         f"{encoder.fingerprint}; pass the training encoder with --encoder/ENCODER=")
 
@@ -617,13 +589,13 @@ class Scorer(NamedTuple):
 
 
 def load_for_scoring(args):
-    """A Scorer for eval.py/infer.py: the training config, of which only MAY_CHANGE["scoring"] keys may be
+    """A Scorer for eval.py/infer.py: the training config, of which only cli.MAY_CHANGE["scoring"] keys may be
     overridden (masks must match training), and the encoder checked against the one the head was trained on."""
     ckpt = load_checkpoint(args.checkpoint)
-    cfg = load_config(None, args.set, base=ckpt["config"], **config_flags(args))
-    refuse_changes(ckpt["config"], cfg, "scoring", f"the training config of {args.checkpoint}",
+    cfg = cli.load_config(None, args.set, base=ckpt["config"], **cli.config_flags(args))
+    cli.refuse_changes(ckpt["config"], cfg, "scoring", f"the training config of {args.checkpoint}",
                    "masks and features must match training, so only "
-                   f"{', '.join(MAY_CHANGE['scoring'])}* may differ")
+                   f"{', '.join(cli.MAY_CHANGE['scoring'])}* may differ")
     device = resolve_device(args.device)
     encoder = VJEPAEncoder(cfg["model"]["encoder_name"], device)
     check_encoder_matches(ckpt, encoder, args.checkpoint)
@@ -632,280 +604,7 @@ def load_for_scoring(args):
 
 
 # ==================================================================================================
-# 8. config
-# ==================================================================================================
-
-# the named flags, each a shortcut for one config key: (key, type, help); --set reaches every other key
-CONFIG_FLAGS = {
-    "encoder": ("model.encoder_name", str, "V-JEPA 2 hub id or local snapshot folder"),
-    "data_root": ("data.root", str, "folder relative frame paths resolve against (default: the manifest's)"),
-    "lr": ("training.lr", float, "AdamW learning rate"),
-    "epochs": ("training.epochs", int, "total epochs (with --resume, training continues up to this number)"),
-    "batch_size": ("training.batch_size", int, "predictor-head batch size"),
-    "seed": ("seed", int, "seeds the split, the masks, the head's init and the shuffling"),
-}
-# config keys (or key prefixes) a command may change relative to the run it continues or scores
-MAY_CHANGE = {
-    # model.encoder_name may be spelled differently (hub id vs snapshot, relative vs absolute path): the
-    # encoder's weights fingerprint is checked separately, so another encoder is still refused
-    "resume": ("training.epochs", "data.num_workers", "training.encode_batch_size", "model.encoder_name"),
-    "scoring": ("data.root", "data.num_workers", "model.encoder_name", "evaluation."),
-}
-NULLABLE = {"data.root": str, "data.num_workers": int}  # keys whose default is null: their type
-CHOICES = {"evaluation.aggregate": ("mean", "max")}
-
-
-def add_config_flags(parser, names):
-    """Add the named config flags (--lr, --epochs, ...) to an argparse parser, typed and with help."""
-    for name in names:
-        key, kind, text = CONFIG_FLAGS[name]
-        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, help=f"{text} ({key})")
-
-
-def config_flags(args):
-    """{flag name: value} of the named config flags an argparse namespace has."""
-    return {name: getattr(args, name) for name in CONFIG_FLAGS if hasattr(args, name)}
-
-
-def _flatten(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        out.update(_flatten(v, key + ".") if isinstance(v, dict) else {key: v})
-    return out
-
-
-def _coerce(key, value, default, where):
-    """Return `value` as the type of `default` (or NULLABLE[key]); raise UserError naming the key otherwise."""
-    want = NULLABLE.get(key, type(default))
-    if value is None and key in NULLABLE:
-        return None
-    if want is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
-        try:  # YAML 1.1 reads `1e-4` as text, so accept numeric text for float keys
-            return float(value)
-        except ValueError:
-            pass
-    elif want is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    elif want is list and isinstance(value, list) and all(isinstance(x, int) for x in value):
-        return value
-    elif want in (str, bool) and isinstance(value, want):
-        return value
-    raise UserError(f"{where}: {key} must be {want.__name__}, got {value!r}")
-
-
-def _set_key(cfg, key, value):
-    section, _, name = key.rpartition(".")
-    (cfg[section] if section else cfg)[name] = value
-
-
-def _yaml_file(path, what="config file"):
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"{p}: {what} not found (leave --config out to use the shipped config.yaml)")
-    try:
-        user = yaml.safe_load(p.read_text(encoding="utf-8-sig")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise UserError(f"{p}: not valid YAML ({str(e).splitlines()[0]})")
-    if not isinstance(user, dict):
-        raise UserError(f"{p}: expected a mapping of sections to keys")
-    return user
-
-
-def _set_layer(item):
-    key, eq, text = item.partition("=")
-    if not eq:
-        raise UserError(f"--set {item}: expected section.key=value, e.g. --set training.lr=1e-3")
-    try:
-        value = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError as e:
-        raise UserError(f"--set {item}: the value is not valid YAML ({str(e).splitlines()[0]}); quote it")
-    return f"--set {key}", key.strip(), value
-
-
-def load_config(path=None, sets=(), base=None, **named):
-    """Resolved config dict: config.yaml defaults <- `base` (a run's or checkpoint's config) <- --config file
-    <- named flags <- --set section.key=value. Unknown keys and wrong types raise UserError listing the valid
-    keys; keys of `base` that this version no longer has are ignored (an older run still loads)."""
-    defaults = yaml.safe_load(CONFIG_PATH.read_text())
-    flat_defaults = _flatten(defaults)
-    cfg = json.loads(json.dumps(defaults))  # deep copy
-    layers = [("saved config", k, v) for k, v in _flatten(base or {}).items() if k in flat_defaults]
-    if path and Path(path).resolve() != CONFIG_PATH.resolve():
-        layers += [(str(path), k, v) for k, v in _flatten(_yaml_file(path)).items()]
-    layers += [(f"--{flag.replace('_', '-')}", CONFIG_FLAGS[flag][0], v) for flag, v in named.items()
-               if v is not None]
-    layers += [_set_layer(item) for item in sets]
-    for where, key, value in layers:
-        if key not in flat_defaults:
-            valid = ", ".join(sorted(flat_defaults))
-            raise UserError(f"{where}: unknown config key '{key}'. Valid keys: {valid}")
-        _set_key(cfg, key, _coerce(key, value, flat_defaults[key], where))
-    validate_config(cfg)
-    return cfg
-
-
-def validate_config(cfg):
-    """Range checks on a resolved config; raise UserError naming the key and the allowed range."""
-    d, t = cfg["data"], cfg["training"]
-    checks = [
-        (0 <= cfg["seed"] < 2 ** 63, "seed", "must be in [0, 2**63)"),
-        (0.0 <= d["mask_ratio"] <= 1.0, "data.mask_ratio", "must be in [0, 1]"),
-        (d["patch_size"] >= 1 and d["image_size"] >= 1 and d["image_size"] % d["patch_size"] == 0,
-         "data.image_size", f"must be a positive multiple of data.patch_size ({d['patch_size']})"),
-        (d["tubelet_size"] >= 1, "data.tubelet_size", "must be >= 1"),
-        (d["num_workers"] is None or d["num_workers"] >= 0, "data.num_workers", "must be >= 0 or null"),
-        (0.0 <= d["val_fraction"] < 1.0, "data.val_fraction", "must be in [0, 1)"),
-        (cfg["model"]["predictor_hidden_dim"] >= 1, "model.predictor_hidden_dim", "must be >= 1"),
-        (0.0 <= cfg["model"]["predictor_dropout"] < 1.0, "model.predictor_dropout", "must be in [0, 1)"),
-        (t["lr"] > 0, "training.lr", "must be > 0"),
-        (t["epochs"] >= 1, "training.epochs", "must be >= 1"),
-        (t["batch_size"] >= 1, "training.batch_size", "must be >= 1"),
-        (t["encode_batch_size"] >= 1, "training.encode_batch_size", "must be >= 1"),
-        (t["encode_chunk_clips"] >= 1, "training.encode_chunk_clips", "must be >= 1"),
-        (t["checkpoint_every"] >= 1, "training.checkpoint_every", "must be >= 1"),
-        (cfg["evaluation"]["batch_size"] >= 1, "evaluation.batch_size", "must be >= 1"),
-        (all(k >= 1 for k in cfg["evaluation"]["k_values"]), "evaluation.k_values", "must all be >= 1"),
-    ]
-    for key, options in CHOICES.items():
-        section, name = key.split(".")
-        checks.append((cfg[section][name] in options, key, f"must be one of {', '.join(options)}"))
-    for ok, key, rule in checks:
-        if not ok:
-            section, _, name = key.rpartition(".")
-            raise UserError(f"config key {key} = {(cfg[section] if section else cfg)[name]!r} {rule}")
-
-
-def refuse_changes(old_cfg, new_cfg, command, what, why):
-    """UserError when `new_cfg` differs from `old_cfg` in a key MAY_CHANGE[command] does not allow. Keys the
-    old config lacks (added to config.yaml since) are not changes."""
-    old, new = _flatten(old_cfg), _flatten(new_cfg)
-    changed = [f"{k} {old[k]!r} -> {new[k]!r}" for k in new
-               if k in old and new[k] != old[k] and not k.startswith(MAY_CHANGE[command])]
-    if changed:
-        raise UserError(f"{', '.join(changed)} would change {what}; {why}")
-
-
-# ==================================================================================================
-# 9. files and locks
-# ==================================================================================================
-
-def _fsync_dir(folder):
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # not supported on this platform (e.g. Windows)
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def output_target(path):
-    """The regular file an output path writes: a symlink is written through to its target (the link stays).
-    UserError for a folder, a device node, a pipe or any other non-regular file, which are never replaced."""
-    target = Path(os.path.realpath(path))
-    try:
-        mode = target.stat().st_mode
-    except FileNotFoundError:
-        return target
-    except OSError as e:  # e.g. a path through a file
-        raise UserError(f"{path}: output folder {target.parent} is not writable ({e.strerror or e}); "
-                        f"choose another output path")
-    if stat.S_ISDIR(mode):
-        raise UserError(f"{path}: is a folder; pass a file path (e.g. {Path(path) / 'out.json'})")
-    if not stat.S_ISREG(mode):
-        raise UserError(f"{path}: is not a regular file (a device, pipe or socket); outputs are only written "
-                        f"to regular files: choose another output path")
-    return target
-
-
-def refuse_input_as_output(output, inputs):
-    """UserError when an output path names one of the same command's inputs (it would be overwritten)."""
-    out = os.path.realpath(output)
-    for flag, path in inputs.items():
-        if path and os.path.realpath(path) == out:
-            raise UserError(f"{output}: is also this command's {flag}; writing it would destroy the input: "
-                            f"choose another output path")
-
-
-def check_output(path, inputs=None, needed_bytes=1 << 20):
-    """Fail before any encoding when `path` cannot be written: not a regular file, an input of the same
-    command (`inputs`: {flag: path}), a folder that cannot be created or written, or too little free space."""
-    refuse_input_as_output(path, inputs or {})
-    folder = output_target(path).parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-        free = os.statvfs(folder).f_bavail * os.statvfs(folder).f_frsize
-    except OSError as e:
-        raise UserError(f"{path}: output folder {folder} is not writable ({e.strerror or e}); "
-                        f"choose another output path or fix its permissions")
-    if free < needed_bytes:
-        raise UserError(f"{path}: only {free >> 20} MB free in {folder}, about {needed_bytes >> 20} MB needed; "
-                        f"free some space or choose another output path")
-
-
-def _write_error(path, e):
-    advice = {errno.ENOSPC: "free space", errno.EDQUOT: "free space", errno.EISDIR: "pass a file path",
-              errno.EROFS: "choose another path"}.get(e.errno, "free space or fix permissions")
-    return UserError(f"cannot write {path}: {e.strerror or e}; {advice}, then rerun (finished work is kept)")
-
-
-def atomic_write(path, write):
-    """Write a file via `write(fileobj)` to a temp file in the same folder, fsync, then os.replace it into place,
-    so a reader never sees a partial file whenever the process dies. Writes through a symlink to its target;
-    refuses to replace anything but a regular file (see output_target)."""
-    target = output_target(path)
-    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        kill_hook_for_tests("atomic_write", target.name)
-        os.replace(tmp, target)
-        _fsync_dir(target.parent)
-    except OSError as e:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:  # a read-only folder refuses even this; there is nothing to clean up then
-            pass
-        raise _write_error(path, e)
-
-
-def atomic_write_text(path, text):
-    atomic_write(path, lambda f: f.write(text.encode()))
-
-
-@contextlib.contextmanager
-def exclusive_lock(path, what):
-    """Hold an exclusive advisory lock (flock) on the lock file `path` for the `with` block, or raise a
-    UserError naming the process that holds it. The kernel drops the lock when its holder dies, so a killed
-    run never blocks the rerun; the file stays behind, harmless."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as e:
-        raise _write_error(path, e)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "a process whose pid is not recorded"
-        os.close(fd)
-        raise UserError(f"{what} is being written by another process ({holder}); wait for it to finish or "
-                        f"stop it, then rerun")
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {os.uname().nodename}\n".encode(), 0)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
-# ==================================================================================================
-# 10. RNG state (exact resume)
+# 8. RNG state (exact resume)
 # ==================================================================================================
 
 def rng_state(shuffle_gen):
@@ -928,56 +627,3 @@ def set_rng_state(state, shuffle_gen):
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
     shuffle_gen.set_state(state["shuffle"])
-
-
-# ==================================================================================================
-# 11. command line
-# ==================================================================================================
-
-class UserError(Exception):
-    """Bad input or environment: printed as `error: ...` lines without a traceback; exit status `code`."""
-
-    def __init__(self, message, code=2):
-        super().__init__(message)
-        self.code = code
-
-
-def run_cli(main, on_interrupt="nothing was lost; run the same command again"):
-    """Run an entry script's main(); user errors become one line per problem (exit 2), internal errors keep
-    their traceback. `on_interrupt`: what is true after Ctrl-C for this script."""
-    try:
-        sys.exit(main() or 0)
-    except UserError as e:
-        for line in str(e).splitlines():
-            print(f"error: {line}", file=sys.stderr)
-        sys.exit(e.code)
-    except KeyboardInterrupt:
-        print(f"interrupted: {on_interrupt}", file=sys.stderr)
-        sys.exit(130)
-
-
-_KILL_AT = os.environ.get("JEPA_TEST_KILL_AT", "")  # read once: the hook costs one comparison when unset
-
-
-def kill_hook_for_tests(name, count=None):
-    """Test hook, a no-op in normal runs: JEPA_TEST_KILL_AT=name[:count] SIGKILLs the process at this point,
-    so the tests can prove that a kill anywhere loses nothing."""
-    if not _KILL_AT:
-        return
-    want, _, at = _KILL_AT.partition(":")
-    if want == name and (not at or str(count) == at):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def add_scoring_args(p, checkpoint_required=True):
-    """Flags shared by eval.py and infer.py."""
-    p.add_argument("--checkpoint", required=checkpoint_required,
-                   help="checkpoint from train.py (best.pt, last.pt, epoch_NNN.pt)")
-    p.add_argument("--manifest", required=True, help="JSONL manifest of clips to score")
-    p.add_argument("--output", required=True, help="where to write the results (a regular file; a symlink is "
-                                                   "written through to its target)")
-    add_config_flags(p, ["data_root", "encoder"])
-    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help=f"override a config key, repeatable; only {', '.join(MAY_CHANGE['scoring'])}* may "
-                        f"differ from training")

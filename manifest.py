@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-import jepa
+import cli
 
 TABLES = ("scene", "sample", "sample_data", "calibrated_sensor", "sensor")
 MINI_SPLITS = {**dict.fromkeys(["scene-0103", "scene-0916"], "val"),
@@ -73,7 +73,7 @@ def _clip_fields(raw, where):
     return str(clip_id), frames
 
 
-def _clip_record(raw, line, base, where):
+def clip_record(raw, line, base, where):
     """One manifest line -> normalised clip dict (frames resolved against `base`), or a problem string."""
     fields = _clip_fields(raw, where)
     if isinstance(fields, str):
@@ -110,16 +110,16 @@ def jsonl_lines(path, what="manifest"):
 
 def _input_file(path, what, hint):
     """UserError unless `path` is a regular file (a FIFO or device would block or never end)."""
-    problem = jepa.special_file_problem(path)
+    problem = cli.special_file_problem(path)
     if problem:
-        raise jepa.UserError(f"{path}: {what} {'not found' if problem == 'file not found' else problem}{hint}")
+        raise cli.UserError(f"{path}: {what} {'not found' if problem == 'file not found' else problem}{hint}")
 
 
 def raise_problems(problems, count=None):
     """UserError listing the first MAX_LISTED problems (one per line) and counting the rest."""
     count = len(problems) if count is None else count
     more = [f"... and {count - MAX_LISTED} more problem(s)"] if count > MAX_LISTED else []
-    raise jepa.UserError("\n".join(problems[:MAX_LISTED] + more))
+    raise cli.UserError("\n".join(problems[:MAX_LISTED] + more))
 
 
 def read_jsonl(path, what, hint=""):
@@ -142,7 +142,7 @@ def read_jsonl(path, what, hint=""):
     if problems:
         raise_problems(problems)
     if not rows:
-        raise jepa.UserError(f"{path}: empty {what} (no clips)")
+        raise cli.UserError(f"{path}: empty {what} (no clips)")
     return rows
 
 
@@ -155,14 +155,14 @@ def parse_manifest(path, root=None, tubelet_size=2):
 
     Each problem is one `file:line: what` string; lines with problems are left out of the clips."""
     path = Path(path)
-    problem = jepa.special_file_problem(path)
+    problem = cli.special_file_problem(path)
     if problem:
         return [], [f"{path}: manifest {'not found' if problem == 'file not found' else problem} "
                     f"(pass MANIFEST=path/to/clips.jsonl)"]
     base = _manifest_base(path, root)
     records, problems, seen = [], [], {}
     for line, where, raw, problem, _ in jsonl_lines(path):
-        rec = problem or _clip_record(raw, line, base, where)
+        rec = problem or clip_record(raw, line, base, where)
         if isinstance(rec, dict) and len(rec["frames"]) < tubelet_size:
             rec = f"{where}: {len(rec['frames'])} frame(s), fewer than one tubelet ({tubelet_size})"
         elif isinstance(rec, dict) and rec["clip_id"] in seen:
@@ -203,7 +203,7 @@ class ClipIndex:
             self._file, self._pid = open(self.path, "rb"), os.getpid()
         self._file.seek(int(self.offsets[i]))
         raw, _ = _decode_line(self._file.readline(), f"{self.path}:{self.lines[i]}", "manifest")
-        return _clip_record(raw, int(self.lines[i]), self.base, f"{self.path}:{self.lines[i]}")
+        return clip_record(raw, int(self.lines[i]), self.base, f"{self.path}:{self.lines[i]}")
 
     def tail(self, start):
         """The clips from position `start` on (views of the same arrays)."""
@@ -256,7 +256,7 @@ def scan_manifest(path, root=None, tubelet_size=2, shard=(0, 1)):
     if problems or duplicates:
         raise_problems(sorted(problems + duplicates, key=_line_of), count + len(duplicates))
     if not all_hashes:
-        raise jepa.UserError(f"{path}: empty manifest (no clips)")
+        raise cli.UserError(f"{path}: empty manifest (no clips)")
     arrays = [np.frombuffer(kept[k], dtype=np.int64) for k in ("offsets", "lines", "frames", "hashes")]
     return ClipIndex(path, base, *arrays, digest.hexdigest()[:16])
 
@@ -288,7 +288,7 @@ def _duplicate_problems(path, hashes):
 def frame_problem(path, decode=False):
     """Why a frame cannot be used (missing, not a regular file, empty, not an image, undecodable), or None.
     A special file (FIFO, device) is named without being opened."""
-    problem = jepa.special_file_problem(path)
+    problem = cli.special_file_problem(path)
     if problem:
         return problem
     try:
@@ -313,7 +313,7 @@ def check_frames(records, manifest_path, decode=False):
             if why:
                 problems.append(f"{manifest_path}:{rec['line']}: frame {f}: {why}")
     if problems:
-        raise jepa.UserError("\n".join(problems))
+        raise cli.UserError("\n".join(problems))
 
 
 def manifest_fingerprint(records):
@@ -344,7 +344,7 @@ def natural_key(name):
 
 
 def seeded_splits(scenes, seed):
-    """Scene -> train/val by jepa.assign_splits (80/20 with the same shuffle training uses). Each scene goes in as
+    """Scene -> train/val by assign_splits (80/20 with the same shuffle training uses). Each scene goes in as
     a one-clip record whose clip_id is the scene, so the split stays by scene even with under 5 scenes."""
     names = sorted(scenes)
     return dict(zip(names, assign_splits([{"scene": s, "clip_id": s, "split": None} for s in names], seed)))
@@ -352,12 +352,12 @@ def seeded_splits(scenes, seed):
 
 def check_window(frames, stride):
     """UserError unless a clip holds at least one tubelet and the stride moves forward."""
-    tubelet = jepa.load_config()["data"]["tubelet_size"]
+    tubelet = cli.load_config()["data"]["tubelet_size"]
     if frames < tubelet:
-        raise jepa.UserError(f"--frames {frames}: a clip needs at least one tubelet ({tubelet} frames, "
+        raise cli.UserError(f"--frames {frames}: a clip needs at least one tubelet ({tubelet} frames, "
                              f"data.tubelet_size); use FRAMES=16")
     if stride < 1:
-        raise jepa.UserError(f"--stride {stride}: must be >= 1 (STRIDE=FRAMES gives back-to-back clips)")
+        raise cli.UserError(f"--stride {stride}: must be >= 1 (STRIDE=FRAMES gives back-to-back clips)")
 
 
 def cut(sequences, frames, stride):
@@ -373,15 +373,15 @@ def cut(sequences, frames, stride):
 def write_manifest(path, rows, splits_of):
     """Write rows atomically, filling each row's split from splits_of(scene); print the one-line summary."""
     if not rows:
-        raise jepa.UserError(f"{path}: no clips to write (see the warnings above); lower --frames or add data")
+        raise cli.UserError(f"{path}: no clips to write (see the warnings above); lower --frames or add data")
     for row in rows:
         row["split"] = splits_of(row["scene_id"])
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise jepa.UserError(f"cannot create {path.parent}: {e.strerror or e}; choose another OUT=")
-    jepa.atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+        raise cli.UserError(f"cannot create {path.parent}: {e.strerror or e}; choose another OUT=")
+    cli.atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
     splits = Counter(r["split"] for r in rows)
     print(f"wrote {len(rows)} clips to {path}: {len({r['scene_id'] for r in rows})} scenes, "
           f"{len({r['camera'] for r in rows})} cameras, " + ", ".join(f"{k} {v}" for k, v in sorted(splits.items())))
@@ -399,21 +399,21 @@ def load_tables(dataroot, version):
     """The five tables (lists of rows) of VERSION under the dataroot; UserError naming what is missing."""
     root = Path(dataroot)
     if not root.is_dir():
-        raise jepa.UserError(f"{root}: nuScenes dataroot not found (NUSCENES= the folder holding {version}/ "
+        raise cli.UserError(f"{root}: nuScenes dataroot not found (NUSCENES= the folder holding {version}/ "
                              f"and samples/)")
     folder = root / version
     if not folder.is_dir():
         found = ", ".join(sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.startswith("v1.0"))) or "none"
-        raise jepa.UserError(f"{folder}: version folder not found (VERSION={version}; found: {found})")
+        raise cli.UserError(f"{folder}: version folder not found (VERSION={version}; found: {found})")
     tables = {}
     for name in TABLES:
         path = folder / f"{name}.json"
         if not path.is_file():
-            raise jepa.UserError(f"{path}: table missing; extract the {version} metadata archive into {root}")
+            raise cli.UserError(f"{path}: table missing; extract the {version} metadata archive into {root}")
         try:
             tables[name] = json.loads(path.read_text(encoding="utf-8"))
         except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
-            raise jepa.UserError(f"{path}: not a JSON table ({e}); re-extract the {version} metadata")
+            raise cli.UserError(f"{path}: not a JSON table ({e}); re-extract the {version} metadata")
     return tables
 
 
@@ -431,7 +431,7 @@ def pick_cameras(spec, available):
     wanted = list(dict.fromkeys(c.strip() for c in spec.split(",") if c.strip()))
     unknown = [c for c in wanted if c not in available] or ([] if wanted else ["(none given)"])
     if unknown:
-        raise jepa.UserError(f"--cameras {spec}: unknown camera {', '.join(unknown)}; "
+        raise cli.UserError(f"--cameras {spec}: unknown camera {', '.join(unknown)}; "
                              f"valid: {', '.join(sorted(available))}, or all")
     return wanted
 
@@ -506,7 +506,7 @@ def folder_sequences(frames_dir):
     """One sequence per scene folder (camera `unknown`: no camera is named) and per camera sub-folder in it."""
     root = Path(frames_dir)
     if not root.is_dir():
-        raise jepa.UserError(f"{root}: frames folder not found (FRAMES_DIR= a folder with one sub-folder per scene)")
+        raise cli.UserError(f"{root}: frames folder not found (FRAMES_DIR= a folder with one sub-folder per scene)")
     subdirs = lambda p: sorted((d for d in p.iterdir() if d.is_dir() and not d.name.startswith(".")),
                                key=lambda d: natural_key(d.name))
     for scene in subdirs(root):
@@ -523,7 +523,7 @@ def frames_manifest(args):
     check_window(args.frames, args.stride)
     seqs = list(folder_sequences(args.frames_dir))
     if not seqs:  # often FRAMES_DIR pointing at one scene's images instead of at the folder of scenes
-        raise jepa.UserError(f"{args.frames_dir}: no scene sub-folders; expected FRAMES_DIR/SCENE/*.jpg "
+        raise cli.UserError(f"{args.frames_dir}: no scene sub-folders; expected FRAMES_DIR/SCENE/*.jpg "
                              f"or FRAMES_DIR/SCENE/CAMERA/*.jpg")
     out_dir = Path(args.output).resolve().parent
     rows = []
@@ -547,8 +547,8 @@ def image_header(path):
 def check_manifest(args):
     """Summary on stdout, warnings on stderr; UserError (exit 1) with every error, in the messages train.py uses."""
     if not args.manifest:
-        raise jepa.UserError("--manifest: pass MANIFEST=path/to/clips.jsonl")
-    tubelet = args.tubelet_size or jepa.load_config()["data"]["tubelet_size"]
+        raise cli.UserError("--manifest: pass MANIFEST=path/to/clips.jsonl")
+    tubelet = args.tubelet_size or cli.load_config()["data"]["tubelet_size"]
     records, errors = parse_manifest(args.manifest, args.data_root, tubelet)
     warnings, status, sizes, owner = [], {}, Counter(), {}
     for rec in records:
@@ -583,7 +583,7 @@ def check_manifest(args):
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
     if errors:
-        raise jepa.UserError("\n".join(errors + [f"{len(errors)} error(s), {len(warnings)} warning(s): "
+        raise cli.UserError("\n".join(errors + [f"{len(errors)} error(s), {len(warnings)} warning(s): "
                                                  f"fix the errors before encoding"]), code=1)
     print(f"OK: no errors, {len(warnings)} warning(s)")
 
@@ -622,4 +622,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    jepa.run_cli(main)
+    cli.run_cli(main)

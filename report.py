@@ -32,7 +32,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-import jepa
+import cli
 from eval import random_baseline, rank_order, ranking_metrics, ranking_table, read_labels
 from manifest import read_jsonl, read_manifest
 
@@ -64,12 +64,12 @@ def read_scores(path):
         if (score is not None and not _number(score)) or not isinstance(tubs, list) \
                 or not all(map(_number, tubs)) or not isinstance(obj.get("first_frame") or "", str) \
                 or not all(isinstance(obj.get(k, ""), str) for k in ("scene", "camera")):
-            raise jepa.UserError(f"{where}: score must be a number or null, tubelet_scores a list of numbers, "
+            raise cli.UserError(f"{where}: score must be a number or null, tubelet_scores a list of numbers, "
                                  f"first_frame a path and scene and camera text (as infer.py writes them)")
         try:  # JSON integers have no size limit; a 400-digit one does not fit a float
             score, tubs = (None if score is None else float(score)), [float(t) for t in tubs]
         except OverflowError:
-            raise jepa.UserError(f"{where}: a score is too large to be a number (as infer.py writes them)")
+            raise cli.UserError(f"{where}: a score is too large to be a number (as infer.py writes them)")
         clip = {"scene": "unknown", "camera": "unknown", "first_frame": None, **obj, "score": score,
                 "tubelet_scores": tubs}
         if score is not None and not math.isfinite(score):
@@ -123,7 +123,7 @@ def read_selection(path):
     for where, obj in read_jsonl(path, "selection file", " (write one with make select)"):
         problem = _pick_problem(obj, last_rank)
         if problem:
-            raise jepa.UserError(f"{where}: {problem}")
+            raise cli.UserError(f"{where}: {problem}")
         last_rank = obj["rank"]
         picks.append({**obj, "scene": obj.get("scene") or "unknown", "camera": obj.get("camera") or "unknown",
                       "near_duplicates": obj.get("near_duplicates", [])})
@@ -134,7 +134,7 @@ def read_selection(path):
 
 def load_small(path, box=PREVIEW_BOX):
     """The image at `path` fitted into `box` (RGB), or None when it is missing or unreadable."""
-    if jepa.special_file_problem(path):  # a FIFO would block forever: only regular files are opened
+    if cli.special_file_problem(path):  # a FIFO would block forever: only regular files are opened
         return None
     try:
         with Image.open(path) as im:
@@ -458,7 +458,7 @@ def clip_list(page, clips):
 def metrics_block(page):
     """The ranking metrics eval.py prints, for the trained score against a random ranking of the same
     clips (the masked_gap baseline needs the encoder, so only eval.py has it)."""
-    ks = jepa.load_config()["evaluation"]["k_values"]
+    ks = cli.load_config()["evaluation"]["k_values"]
     scores = {c["clip_id"]: c["score"] for c in page.scored}
     table = ranking_table({"trained": ranking_metrics(scores, page.labels, ks),
                            "random": random_baseline(page.labels, ks, scores)}, ks)
@@ -654,12 +654,12 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    jepa.check_output(args.output, {"--scores": args.scores, "--manifest": args.manifest, "--labels": args.labels,
+    cli.check_output(args.output, {"--scores": args.scores, "--manifest": args.manifest, "--labels": args.labels,
                                     "--selection": args.selection})
     if args.top < 1 or args.bottom < 0 or args.thumbs < 1 or args.preview_frames < 0:
-        raise jepa.UserError("--top and --thumbs must be >= 1, --bottom and --preview-frames >= 0")
+        raise cli.UserError("--top and --thumbs must be >= 1, --bottom and --preview-frames >= 0")
     if args.data_root and not args.manifest:
-        raise jepa.UserError("--data-root only applies with --manifest")
+        raise cli.UserError("--data-root only applies with --manifest")
     clips = read_scores(args.scores)
     meta = read_meta(args.scores)
     labels = read_labels(args.labels) if args.labels else None
@@ -667,9 +667,9 @@ def main(argv=None):
     # tubelet_size=1: a clip too short to score is already a failed row; it must not stop the report
     records = read_manifest(args.manifest, args.data_root, 1) if args.manifest else []
     text = build_html(clips, args, meta, {r["clip_id"]: r for r in records}, labels, picks)
-    jepa.atomic_write_text(args.output, text)
+    cli.atomic_write_text(args.output, text)
     print(f"wrote {args.output} ({len(text.encode()) / 1e6:.1f} MB)")
 
 
 if __name__ == "__main__":
-    jepa.run_cli(main)
+    cli.run_cli(main)

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-import jepa
+import cli
 
 WALK_BATCH = 1024  # candidates read and compared with the picks in one matrix product
 NN_THRESHOLDS = (0.8, 0.9, 0.95, 0.98, 0.99)  # printed shares of top clips with a neighbour at >= each
@@ -57,7 +57,7 @@ class Scores:
     def __init__(self, path):
         self.path = Path(path)
         if not self.path.is_file():
-            raise jepa.UserError(f"{path}: scores file not found (write one with make score)")
+            raise cli.UserError(f"{path}: scores file not found (write one with make score)")
         self.ids, scene_code, self.scene_names = [], {}, []
         score, scene, offsets, pos = array("d"), array("i"), array("q"), 0
         with open(self.path, "rb") as f:
@@ -74,7 +74,7 @@ class Scores:
                 offsets.append(pos)
                 pos += len(raw)
         if not self.ids:
-            raise jepa.UserError(f"{path}: empty scores file (no clips)")
+            raise cli.UserError(f"{path}: empty scores file (no clips)")
         self.score, self.scene = np.frombuffer(score, np.float64), np.frombuffer(scene, np.int32)
         self.offsets = np.frombuffer(offsets, np.int64)
 
@@ -86,7 +86,7 @@ class Scores:
 
     def _parse(self, raw, i):
         if not raw.strip():
-            raise jepa.UserError(f"{self.where(i)}: blank line; embedding row i belongs to line i + 1, so "
+            raise cli.UserError(f"{self.where(i)}: blank line; embedding row i belongs to line i + 1, so "
                                  f"the file must hold one line per clip (rewrite it with make score)")
         try:
             obj = json.loads(raw)
@@ -94,7 +94,7 @@ class Scores:
             obj = None
         if not isinstance(obj, dict) or not isinstance(obj.get("clip_id"), str) \
                 or not (obj.get("score") is None or _number(obj["score"])):
-            raise jepa.UserError(f"{self.where(i)}: not a scores line (a JSON object with a string clip_id "
+            raise cli.UserError(f"{self.where(i)}: not a scores line (a JSON object with a string clip_id "
                                  f"and a numeric or null score); rewrite it with make score")
         return obj
 
@@ -108,7 +108,7 @@ class Scores:
         try:
             return self.ids.index(clip_id)
         except ValueError:
-            raise jepa.UserError(f"{self.path}: no clip {clip_id!r} in this scores file; pass a clip_id "
+            raise cli.UserError(f"{self.path}: no clip {clip_id!r} in this scores file; pass a clip_id "
                                  f"from it")
 
 
@@ -129,23 +129,23 @@ class Embeddings:
     def __init__(self, scores):
         self.path = Path(f"{scores.path}.emb.npy")
         if not self.path.is_file():
-            raise jepa.UserError(f"{self.path}: embeddings of {scores.path} not found; score the clips again "
+            raise cli.UserError(f"{self.path}: embeddings of {scores.path} not found; score the clips again "
                                  f"with make score, which writes them beside the scores")
         try:
             mm = np.load(self.path, mmap_mode="r")
         except (OSError, ValueError) as e:
-            raise jepa.UserError(f"{self.path}: not a readable .npy file ({e}); score the clips again")
+            raise cli.UserError(f"{self.path}: not a readable .npy file ({e}); score the clips again")
         if mm.dtype != np.float32 or mm.ndim != 2 or not mm.flags.c_contiguous:
-            raise jepa.UserError(f"{self.path}: expected a C-ordered (N, D) float32 array, got {mm.dtype} "
+            raise cli.UserError(f"{self.path}: expected a C-ordered (N, D) float32 array, got {mm.dtype} "
                                  f"{mm.shape}; score the clips again")
         (self.n, self.dim), self.offset = mm.shape, mm.offset
         del mm
         if self.n != len(scores):
-            raise jepa.UserError(f"{self.path} has {self.n} rows but {scores.path} has {len(scores)} lines; "
+            raise cli.UserError(f"{self.path} has {self.n} rows but {scores.path} has {len(scores)} lines; "
                                  f"use the two files of one make score run")
         dim = read_meta(scores.path).get("embed_dim")
         if dim is not None and dim != self.dim:
-            raise jepa.UserError(f"{self.path} holds {self.dim}-d rows but {scores.path}.meta.json says "
+            raise cli.UserError(f"{self.path} holds {self.dim}-d rows but {scores.path}.meta.json says "
                                  f"embed_dim {dim}; use the two files of one make score run")
 
     def _map(self, start, stop):
@@ -164,7 +164,7 @@ class Embeddings:
             for a, b in zip(starts, np.r_[starts[1:], len(uniq)]):
                 data = os.pread(f.fileno(), (b - a) * row_bytes, self.offset + int(uniq[a]) * row_bytes)
                 if len(data) != (b - a) * row_bytes:
-                    raise jepa.UserError(f"{self.path}: truncated (row {uniq[b - 1]} missing); score again")
+                    raise cli.UserError(f"{self.path}: truncated (row {uniq[b - 1]} missing); score again")
                 got[a:b] = np.frombuffer(data, np.float32).reshape(b - a, self.dim)
         return got[back.reshape(-1)]
 
@@ -195,20 +195,20 @@ def finite_rows(emb, scores, rows, x):
     bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
     if len(bad):
         i = int(rows[bad[0]])
-        raise jepa.UserError(f"{emb.path}: row {i} is not finite but {scores.where(i)} ({scores.ids[i]!r}) "
+        raise cli.UserError(f"{emb.path}: row {i} is not finite but {scores.where(i)} ({scores.ids[i]!r}) "
                              f"has a score; use the two files of one make score run")
     return x
 
 
 def check_config(sel):
-    """Range checks of the selection section (jepa.validate_config checks the others)."""
+    """Range checks of the selection section (cli.validate_config checks the others)."""
     rules = [(-1.0 <= sel["max_similarity"] <= 1.0, "max_similarity", "must be in [-1, 1]"),
              (sel["per_scene"] >= 0, "per_scene", "must be >= 0 (0 = no limit)"),
              (sel["top"] >= 1, "top", "must be >= 1"), (sel["similar_k"] >= 1, "similar_k", "must be >= 1"),
              (sel["chunk_mb"] >= 1, "chunk_mb", "must be >= 1")]
     for ok, key, rule in rules:
         if not ok:
-            raise jepa.UserError(f"config key selection.{key} = {sel[key]!r} {rule}")
+            raise cli.UserError(f"config key selection.{key} = {sel[key]!r} {rule}")
 
 
 # ---- select ----
@@ -282,10 +282,10 @@ def manifest_details(path, root, wanted):
     """{clip_id: (first frame, last frame, first timestamp, last timestamp)} for the ids in `wanted`, streamed
     line by line: a million-line manifest is never held. A line whose plain clip_id is not wanted is skipped
     unparsed (8x faster); lines with an escaped or derived clip_id are parsed."""
-    from manifest import _clip_record  # the manifest reader's own normalisation (both styles, derived ids)
+    from manifest import clip_record  # the manifest reader's own normalisation (both styles, derived ids)
     path = Path(path)
     if not path.is_file():
-        raise jepa.UserError(f"{path}: manifest not found (leave MANIFEST= out to select without frame "
+        raise cli.UserError(f"{path}: manifest not found (leave MANIFEST= out to select without frame "
                              f"details)")
     base = Path(root) if root else path.resolve().parent
     found, wanted_bytes = {}, {c.encode() for c in wanted}
@@ -297,10 +297,10 @@ def manifest_details(path, root, wanted):
             try:
                 obj = json.loads(raw)
             except ValueError:
-                raise jepa.UserError(f"{path}:{line}: not JSON; check the manifest with make check")
-            rec = _clip_record(obj, line, base, f"{path}:{line}")
+                raise cli.UserError(f"{path}:{line}: not JSON; check the manifest with make check")
+            rec = clip_record(obj, line, base, f"{path}:{line}")
             if isinstance(rec, str):
-                raise jepa.UserError(f"{rec}; check the manifest with make check")
+                raise cli.UserError(f"{rec}; check the manifest with make check")
             if rec["clip_id"] in wanted:
                 ts = rec["timestamps"] if isinstance(rec["timestamps"], list) else None
                 ts = ts or [None]
@@ -319,7 +319,7 @@ def pick_records(scores, picks, folded, details):
                     "first_frame": obj.get("first_frame") or first, "last_frame": last,
                     "first_timestamp": t0, "last_timestamp": t1,
                     "near_duplicates": [{"clip_id": scores.ids[r], "score": float(scores.score[r]),
-                                         "similarity": round(sim, jepa.SCORE_DECIMALS), "reason": reason}
+                                         "similarity": round(sim, cli.SCORE_DECIMALS), "reason": reason}
                                         for r, sim, reason in folded[rank - 1]]})
     return out
 
@@ -382,9 +382,9 @@ def print_cosines(summary, max_similarity):
 def run_select(args, cfg):
     sel, out = cfg["selection"], Path(args.output)
     if out.suffix == ".csv":  # the CSV goes beside the JSONL under this very name
-        raise jepa.UserError(f"--output {out}: name the picks JSONL (e.g. selection.jsonl); the CSV is "
+        raise cli.UserError(f"--output {out}: name the picks JSONL (e.g. selection.jsonl); the CSV is "
                              f"written beside it with a .csv suffix")
-    jepa.check_output_writable(out)
+    cli.check_output(out, {"--scores": args.scores, "--manifest": args.manifest, "--labels": args.labels})
     scores = Scores(args.scores)
     emb = Embeddings(scores)
     if args.labels:
@@ -392,7 +392,7 @@ def run_select(args, cfg):
         labels = read_labels(args.labels)  # before the walk: a bad labels file fails fast
     order = walk_order(scores.score, scores.ids)
     if not len(order):
-        raise jepa.UserError(f"{scores.path}: no clip has a score (all failed); nothing to select")
+        raise cli.UserError(f"{scores.path}: no clip has a score (all failed); nothing to select")
     picks, folded = greedy_select(order, emb, scores, sel["top"], sel["max_similarity"], sel["per_scene"])
     details = {} if not args.manifest else \
         manifest_details(args.manifest, args.data_root, {scores.ids[r] for r in picks})
@@ -409,9 +409,9 @@ def run_select(args, cfg):
         k_values = sorted({k for k in cfg["evaluation"]["k_values"] if k < sel["top"]} | {sel["top"]})
         meta["labels"] = args.labels
         meta["ranking"] = label_metrics(scores, order, picks, labels, k_values)
-    jepa.atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in records))
-    jepa.atomic_write_text(out.with_suffix(".csv"), csv_text(records))
-    jepa.atomic_write_text(f"{out}.meta.json", json.dumps(meta, indent=1) + "\n")
+    cli.atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in records))
+    cli.atomic_write_text(out.with_suffix(".csv"), csv_text(records))
+    cli.atomic_write_text(f"{out}.meta.json", json.dumps(meta, indent=1) + "\n")
 
     for r in records[:10]:
         print(f"{r['rank']:>4}. {r['score']:.4f}  {r['clip_id']}  (+{len(r['near_duplicates'])} folded)")
@@ -453,12 +453,12 @@ def nearest(emb, row, k, chunk_rows, ids):
 
 def run_similar(args, cfg):
     sel, out = cfg["selection"], Path(args.output)
-    jepa.check_output_writable(out)
+    cli.check_output(out, {"--scores": args.scores})
     scores = Scores(args.scores)
     emb = Embeddings(scores)
     row = scores.find(args.clip)
     if not np.isfinite(emb.take([row])).all():
-        raise jepa.UserError(f"{scores.where(row)}: clip {args.clip!r} has no embedding (its scoring "
+        raise cli.UserError(f"{scores.where(row)}: clip {args.clip!r} has no embedding (its scoring "
                              f"failed); pick a scored clip")
     found = [(row, 1.0)] + nearest(emb, row, sel["similar_k"], emb.chunk_rows(sel["chunk_mb"]), scores.ids)
     records = []
@@ -466,10 +466,10 @@ def run_similar(args, cfg):
         obj = scores.line(r)
         records.append({"rank": rank, "clip_id": obj["clip_id"], "scene": obj.get("scene", "unknown"),
                         "camera": obj.get("camera", "unknown"), "score": obj.get("score"),
-                        "similarity": round(sim, jepa.SCORE_DECIMALS), "first_frame": obj.get("first_frame")})
+                        "similarity": round(sim, cli.SCORE_DECIMALS), "first_frame": obj.get("first_frame")})
         score = "failed" if obj.get("score") is None else f"{obj['score']:.4f}"
         print(f"{rank:>4}. cosine {sim:.4f}  score {score:>7}  {obj['clip_id']}")
-    jepa.atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in records))
+    cli.atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in records))
     print(f"{len(found) - 1} nearest clips to {args.clip} of {len(scores)} -> {out}")
 
 
@@ -483,7 +483,7 @@ def parse_args(argv=None):
     for q in (s, m):
         q.add_argument("--scores", required=True, help="scores JSONL from make score; S.emb.npy must lie "
                        "beside it")
-        q.add_argument("--config", default=str(jepa.CONFIG_PATH), help="YAML with the keys to change "
+        q.add_argument("--config", default=str(cli.CONFIG_PATH), help="YAML with the keys to change "
                        "(default: the shipped config.yaml)")
         q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key, e.g. selection.max_similarity=0.9; repeatable")
@@ -507,10 +507,10 @@ def main(argv=None):
     args = parse_args(argv)
     named = {"top": getattr(args, "top", None), "similar_k": getattr(args, "k", None)}
     sets = [*args.set, *(f"selection.{key}={v}" for key, v in named.items() if v is not None)]
-    cfg = jepa.load_config(args.config, sets)
+    cfg = cli.load_config(args.config, sets)
     check_config(cfg["selection"])
     return run_select(args, cfg) if args.command == "select" else run_similar(args, cfg)
 
 
 if __name__ == "__main__":
-    jepa.run_cli(main)
+    cli.run_cli(main)

@@ -24,6 +24,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
+import cli
 import jepa
 from manifest import assign_splits, check_frames, manifest_fingerprint, read_manifest
 
@@ -37,7 +38,7 @@ def parse_args(argv=None):
                                       "default: the manifest the run started with")
     p.add_argument("--run-dir", default="experiments/run", help="run folder for features, checkpoints, metrics "
                                                                 "(default: %(default)s)")
-    jepa.add_config_flags(p, TRAIN_FLAGS)
+    cli.add_config_flags(p, TRAIN_FLAGS)
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from where it stopped")
     p.add_argument("--features", help="reuse the encoded features of another run folder (fingerprint-checked, "
@@ -58,29 +59,21 @@ def resolve_config(args, run_dir):
     saved = run_dir / "config.yaml"
     if not args.resume:
         if saved.exists():
-            raise jepa.UserError(f"{run_dir} already holds a run: pass --resume (RESUME=1) to continue it, "
+            raise cli.UserError(f"{run_dir} already holds a run: pass --resume (RESUME=1) to continue it, "
                                  f"or choose another --run-dir (RUN=)")
-        return jepa.load_config(args.config, args.set, **jepa.config_flags(args))
+        return cli.load_config(args.config, args.set, **cli.config_flags(args))
     if not saved.exists():
-        raise jepa.UserError(f"--resume: {run_dir} holds no run (no config.yaml); start it without --resume")
+        raise cli.UserError(f"--resume: {run_dir} holds no run (no config.yaml); start it without --resume")
     try:
         old = yaml.safe_load(saved.read_text())
     except (yaml.YAMLError, UnicodeDecodeError):
         old = None
     if not isinstance(old, dict):
-        raise jepa.UserError(f"{saved}: not a run config; restore it or start a new --run-dir")
-    cfg = jepa.load_config(args.config, args.set, base=old, **jepa.config_flags(args))
-    jepa.refuse_changes(old, cfg, "resume", "the run",
+        raise cli.UserError(f"{saved}: not a run config; restore it or start a new --run-dir")
+    cfg = cli.load_config(args.config, args.set, base=old, **cli.config_flags(args))
+    cli.refuse_changes(old, cfg, "resume", "the run",
                         f"start a new --run-dir, adding --features {run_dir} to reuse its encoded features")
     return cfg
-
-
-def file_sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def resolve_manifest(args, run_dir):
@@ -90,13 +83,13 @@ def resolve_manifest(args, run_dir):
         return args.manifest
     record = run_dir / "manifest.json"
     if not args.resume:
-        raise jepa.UserError("--manifest is required (MANIFEST=path/to/clips.jsonl)")
+        raise cli.UserError("--manifest is required (MANIFEST=path/to/clips.jsonl)")
     if not record.exists():
-        raise jepa.UserError(f"--resume: {run_dir} does not record its manifest; pass --manifest (MANIFEST=)")
+        raise cli.UserError(f"--resume: {run_dir} does not record its manifest; pass --manifest (MANIFEST=)")
     recorded = json.loads(record.read_text())
     path = recorded["path"]
-    if not Path(path).is_file() or file_sha256(path) != recorded["sha256"]:
-        raise jepa.UserError(f"{path}: the manifest of {run_dir} is gone or changed since the run started; "
+    if not Path(path).is_file() or cli.file_sha256(path) != recorded["sha256"]:
+        raise cli.UserError(f"{path}: the manifest of {run_dir} is gone or changed since the run started; "
                              f"pass --manifest to say which file to use (its clips must match the run's features)")
     return path
 
@@ -108,7 +101,7 @@ def load_splits(manifest, cfg):
     result = Splits([r for r, s in zip(records, splits) if s == "train"],
                     [r for r, s in zip(records, splits) if s == "val"])
     if not result.train:
-        raise jepa.UserError(f"{manifest}: no clips to train on ({splits.count('test')} of {len(records)} "
+        raise cli.UserError(f"{manifest}: no clips to train on ({splits.count('test')} of {len(records)} "
                              f"are split=test, which is never trained on); use a manifest with train/val clips, "
                              f"or --set data.use_manifest_split=false to draw a seeded split instead")
     check_frames(result.train + result.val, manifest)
@@ -119,9 +112,9 @@ def snapshot_run(run_dir, cfg, manifest):
     """Snapshot the config and the manifest's identity in the run folder."""
     for tmp in run_dir.glob(".*.tmp*"):  # leftovers of a killed write; the real files are intact
         tmp.unlink()
-    jepa.atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
-    record = {"path": str(Path(manifest).resolve()), "sha256": file_sha256(manifest)}
-    jepa.atomic_write_text(run_dir / "manifest.json", json.dumps(record, indent=1) + "\n")
+    cli.atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
+    record = {"path": str(Path(manifest).resolve()), "sha256": cli.file_sha256(manifest)}
+    cli.atomic_write_text(run_dir / "manifest.json", json.dumps(record, indent=1) + "\n")
 
 
 # ---- stage 2: features ----
@@ -146,9 +139,9 @@ def feature_folders(args, run_dir):
     if source == (run_dir / "features").resolve():
         return run_dir / "features", None
     if not (source / "fingerprint.json").is_file():
-        raise jepa.UserError(f"--features {args.features or source}: not a run folder with encoded features "
+        raise cli.UserError(f"--features {args.features or source}: not a run folder with encoded features "
                              f"(no features/fingerprint.json)")
-    jepa.atomic_write_text(link, str(source))
+    cli.atomic_write_text(link, str(source))
     return run_dir / "features", source
 
 
@@ -157,7 +150,7 @@ def read_fingerprint(feat_dir):
     try:
         return json.loads(path.read_text())["fingerprint"]
     except (OSError, ValueError, KeyError, TypeError):
-        raise jepa.UserError(f"{path}: unreadable or corrupt; delete {feat_dir} to encode its features again")
+        raise cli.UserError(f"{path}: unreadable or corrupt; delete {feat_dir} to encode its features again")
 
 
 def read_chunks(feat_dir):
@@ -169,7 +162,7 @@ def read_chunks(feat_dir):
             columns = [data[k].split(data["counts"]) for k in ("clean", "masked", "mask_frac")]
             features.update(zip(data["clip_ids"], map(jepa.TubeletFeatures._make, zip(*columns))))
         except Exception as e:  # torn, foreign or hand-edited file: any failure means the same
-            raise jepa.UserError(f"{path}: corrupt feature chunk ({type(e).__name__}); delete it and rerun with "
+            raise cli.UserError(f"{path}: corrupt feature chunk ({type(e).__name__}); delete it and rerun with "
                                  f"--resume to encode just that part again")
     return features
 
@@ -181,13 +174,13 @@ def load_or_encode_features(encoder, clips, cfg, folders, fingerprint, workers):
     own, source = folders
     for folder in filter(None, (source, own if (own / "fingerprint.json").exists() else None)):
         if read_fingerprint(folder) != fingerprint:
-            raise jepa.UserError(f"{folder}: features were encoded with another encoder, manifest or data/mask "
+            raise cli.UserError(f"{folder}: features were encoded with another encoder, manifest or data/mask "
                                  f"settings; use a new --run-dir (without --features {folder})")
     features = {**(read_chunks(source) if source else {}), **(read_chunks(own) if own.is_dir() else {})}
     todo = [c for c in clips if c["clip_id"] not in features]
     if todo:  # this run's own folder, created only when there is something to encode
         own.mkdir(parents=True, exist_ok=True)
-        jepa.atomic_write_text(own / "fingerprint.json", json.dumps({"fingerprint": fingerprint,
+        cli.atomic_write_text(own / "fingerprint.json", json.dumps({"fingerprint": fingerprint,
                                                                      "clips": len(clips)}))
         print(f"encoding {len(todo)} of {len(clips)} clips (clean + masked) into {own}", flush=True)
         features.update(encode_chunks(encoder, todo, cfg, own, workers))
@@ -203,7 +196,7 @@ def encode_chunks(encoder, clips, cfg, feat_dir, workers):
     features, ids = {}, []
     for clip in tqdm(stream, total=len(clips), unit="clip", mininterval=2):
         if clip.error:
-            raise jepa.UserError(f"{clip.error} (encoded chunks are kept: fix it and rerun with --resume)")
+            raise cli.UserError(f"{clip.error} (encoded chunks are kept: fix it and rerun with --resume)")
         ids.append(clips[clip.index]["clip_id"])
         features[ids[-1]] = jepa.TubeletFeatures(clip.clean_emb, clip.masked_emb, clip.mask_frac)
         if len(ids) == per_chunk or clip.index == len(clips) - 1:
@@ -211,8 +204,8 @@ def encode_chunks(encoder, clips, cfg, feat_dir, workers):
             rows = jepa.TubeletFeatures.cat([features[c] for c in ids])
             data = {"clip_ids": ids, "clean": rows.clean_emb, "masked": rows.masked_emb,
                     "mask_frac": rows.mask_frac, "counts": [len(features[c].mask_frac) for c in ids]}
-            jepa.atomic_write(feat_dir / f"chunk_{number:05d}.pt", lambda f: torch.save(data, f))
-            jepa.kill_hook_for_tests("encode_chunk", number)  # test hook: no-op unless JEPA_TEST_KILL_AT is set
+            cli.atomic_write(feat_dir / f"chunk_{number:05d}.pt", lambda f: torch.save(data, f))
+            cli.kill_hook_for_tests("encode_chunk", number)  # test hook: no-op unless JEPA_TEST_KILL_AT is set
             ids = []
     return features
 
@@ -242,7 +235,7 @@ def build_or_resume_head(cfg, embed_dim, device, last, resume):
         optimizer.load_state_dict(ckpt["optimizer_state"])
         jepa.set_rng_state(ckpt["rng"], shuffle_gen)
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
-        raise jepa.UserError(f"{last}: cannot resume from it ({type(e).__name__}); restore it from "
+        raise cli.UserError(f"{last}: cannot resume from it ({type(e).__name__}); restore it from "
                              f"epoch_NNN.pt or start a new --run-dir")
     print(f"resuming {last.parent} after epoch {ckpt['epoch']}", flush=True)
     return TrainState(head, optimizer, shuffle_gen, ckpt["epoch"] + 1, ckpt["best_metric"])
@@ -252,7 +245,7 @@ def keep_checkpointed_epochs(metrics_path, start_epoch):
     """Drop metrics lines of epochs after the last checkpoint (they are trained again) and a torn last line."""
     lines = metrics_path.read_text().splitlines() if metrics_path.exists() else []
     kept = [ln for ln in lines if ln.strip().endswith("}") and json.loads(ln)["epoch"] < start_epoch]
-    jepa.atomic_write_text(metrics_path, "".join(ln + "\n" for ln in kept))
+    cli.atomic_write_text(metrics_path, "".join(ln + "\n" for ln in kept))
 
 
 # ---- stage 4: epochs ----
@@ -270,7 +263,7 @@ def train_epochs(state, cfg, train_set, val_set, run_dir, identity):
             train_loss = jepa.train_epoch(state.head, state.optimizer, train_set, t["batch_size"],
                                           state.shuffle_gen, epoch)
         except FloatingPointError as e:
-            raise jepa.UserError(f"{e}; stopped. The last good checkpoint {last} is intact (try a lower --lr)", 1)
+            raise cli.UserError(f"{e}; stopped. The last good checkpoint {last} is intact (try a lower --lr)", 1)
         val_loss = jepa.validate_epoch(state.head, val_set, t["batch_size"])
         metric = val_loss if val_loss is not None else train_loss  # no val clips: best by train loss
         improved, best = metric < best, min(best, metric)
@@ -286,7 +279,7 @@ def train_epochs(state, cfg, train_set, val_set, run_dir, identity):
         if epoch % t["checkpoint_every"] == 0:
             jepa.save_checkpoint(run_dir / f"epoch_{epoch:03d}.pt", **save)
         jepa.save_checkpoint(last, **save)
-        jepa.kill_hook_for_tests("epoch_end", epoch)  # test hook: no-op unless JEPA_TEST_KILL_AT is set
+        cli.kill_hook_for_tests("epoch_end", epoch)  # test hook: no-op unless JEPA_TEST_KILL_AT is set
     return best
 
 
@@ -307,13 +300,13 @@ def main(argv=None):
     args = parse_args(argv)
     run_dir = Path(args.run_dir)
     if run_dir.exists() and not run_dir.is_dir():
-        raise jepa.UserError(f"--run-dir {run_dir}: is a file, not a folder; choose another RUN=")
+        raise cli.UserError(f"--run-dir {run_dir}: is a file, not a folder; choose another RUN=")
     cfg = resolve_config(args, run_dir)
     splits = load_splits(resolve_manifest(args, run_dir), cfg)
     device = jepa.resolve_device(args.device)
     encoder = jepa.VJEPAEncoder(cfg["model"]["encoder_name"], device)  # before the run folder: bad input leaves none
     run_dir.mkdir(parents=True, exist_ok=True)
-    with jepa.exclusive_lock(run_dir / ".lock", f"run folder {run_dir}"):  # one writer per run folder
+    with cli.exclusive_lock(run_dir / ".lock", f"run folder {run_dir}"):  # one writer per run folder
         snapshot_run(run_dir, cfg, resolve_manifest(args, run_dir))
         t0 = time.time()
         train_set, val_set, identity = encode_stage(args, cfg, splits, encoder, device, run_dir)
@@ -323,12 +316,12 @@ def main(argv=None):
               f"{len(splits.val)} clips); encoding took {encode_s:.1f}s", flush=True)
         state = build_or_resume_head(cfg, identity["embed_dim"], device, run_dir / "last.pt", args.resume)
         best = train_epochs(state, cfg, train_set, val_set, run_dir, identity)
-        jepa.atomic_write_text(run_dir / "timing.json", json.dumps({"encode_s": encode_s,
+        cli.atomic_write_text(run_dir / "timing.json", json.dumps({"encode_s": encode_s,
                                                                     "total_s": time.time() - t0}))
     print(f"done: best {'val' if len(val_set.clean_emb) else 'train'} loss {best:.6f}; checkpoints in {run_dir} "
           f"(best.pt, last.pt); total {time.time() - t0:.1f}s, encoding {encode_s:.1f}s", flush=True)
 
 
 if __name__ == "__main__":
-    jepa.run_cli(main, on_interrupt="finished epochs and feature chunks are kept; continue with --resume "
+    cli.run_cli(main, on_interrupt="finished epochs and feature chunks are kept; continue with --resume "
                                     "(RESUME=1)")

@@ -4,7 +4,6 @@ import errno
 import json
 import os
 import shutil
-import sys
 
 import numpy as np
 import pytest
@@ -12,7 +11,7 @@ import torch
 from PIL import Image
 
 import eval as evaluation
-import infer
+import cli
 import jepa
 import train
 from conftest import CHUNK, run_script, write_jsonl
@@ -40,9 +39,9 @@ def test_fifo_frame_is_an_error_record_not_a_hang(tmp_path, reference, tiny_enco
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert proc.returncode == 1 and [r["score"] is None for r in rows] == [False, True, False]
     assert "not a regular file but a named pipe (FIFO)" in rows[1]["error"]
-    with pytest.raises(jepa.UserError, match=r"m.jsonl:2: frame .*pipe.jpg: not a regular file but a named pipe"):
+    with pytest.raises(cli.UserError, match=r"m.jsonl:2: frame .*pipe.jpg: not a regular file but a named pipe"):
         check_frames(read_manifest(manifest), manifest)
-    assert jepa.special_file_problem("/dev/zero") == "not a regular file but a character device"
+    assert cli.special_file_problem("/dev/zero") == "not a regular file but a character device"
 
 
 # ---- 2. clobbering: outputs are regular files, never an input ----
@@ -51,16 +50,16 @@ def test_outputs_never_replace_special_files_inputs_or_symlinks(tmp_path, refere
     fifo = tmp_path / "out.fifo"
     os.mkfifo(fifo)
     for special in (fifo, "/dev/null"):
-        with pytest.raises(jepa.UserError, match="is not a regular file"):
-            jepa.atomic_write_text(special, "x")
+        with pytest.raises(cli.UserError, match="is not a regular file"):
+            cli.atomic_write_text(special, "x")
     assert fifo.exists() and not fifo.is_file() and os.path.exists("/dev/null")
-    with pytest.raises(jepa.UserError, match="is a folder; pass a file path"):
-        jepa.atomic_write_text(tmp_path, "x")
+    with pytest.raises(cli.UserError, match="is a folder; pass a file path"):
+        cli.atomic_write_text(tmp_path, "x")
 
     target = tmp_path / "real.json"
     target.write_text("old")
     (tmp_path / "link.json").symlink_to(target)
-    jepa.atomic_write_text(tmp_path / "link.json", "new")  # written through: the link stays a link
+    cli.atomic_write_text(tmp_path / "link.json", "new")  # written through: the link stays a link
     assert (tmp_path / "link.json").is_symlink() and target.read_text() == "new"
 
     ckpt_copy = tmp_path / "best.pt"
@@ -79,14 +78,14 @@ def test_outputs_never_replace_special_files_inputs_or_symlinks(tmp_path, refere
 
 def test_second_writer_is_refused_naming_the_first(tmp_path, reference, tiny_encoder, demo_data):
     out = tmp_path / "s.jsonl"
-    with jepa.exclusive_lock(tmp_path / ".s.jsonl.lock", "test"):  # as a running infer.py holds it
+    with cli.exclusive_lock(tmp_path / ".s.jsonl.lock", "test"):  # as a running infer.py holds it
         proc = run_script("infer.py", "--checkpoint", reference / "best.pt", "--manifest", demo_data, "--encoder",
                           tiny_encoder, "--output", out, "--shard", "1/3")
         assert proc.returncode == 2 and f"being written by another process (pid {os.getpid()}" in proc.stderr
         run = tmp_path / "run"
         shutil.copytree(reference, run)
-        with jepa.exclusive_lock(run / ".lock", "test"):
-            with pytest.raises(jepa.UserError, match=f"run folder .*run is being written by another process"):
+        with cli.exclusive_lock(run / ".lock", "test"):
+            with pytest.raises(cli.UserError, match="run folder .*run is being written by another process"):
                 train.main(["--run-dir", str(run), "--resume", "--encoder", str(tiny_encoder),
                             "--manifest", str(demo_data), "--epochs", "6"])
     assert not out.exists() and json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["epoch"] == 4
@@ -100,7 +99,7 @@ def test_second_writer_is_refused_naming_the_first(tmp_path, reference, tiny_enc
 def test_long_clip_is_decoded_in_bounded_slices_with_identical_results(tmp_path, tiny_encoder, demo_data,
                                                                        monkeypatch):
     frames = [f for r in read_manifest(demo_data)[:8] for f in r["frames"]]  # one 64-frame "drive"
-    cfg = jepa.load_config(None, ["data.num_workers=0"])
+    cfg = cli.load_config(None, ["data.num_workers=0"])
     encoder = jepa.VJEPAEncoder(str(tiny_encoder))
     clips = [{"clip_id": "long", "frames": frames}, {"clip_id": "short", "frames": frames[:6]}]
     in_flight, peak = [0], [0]
@@ -134,7 +133,7 @@ def test_long_clip_is_decoded_in_bounded_slices_with_identical_results(tmp_path,
 
 def test_labels_that_match_no_clip_are_an_error_and_few_a_warning(tmp_path, capsys):
     records = [{"clip_id": f"c{i}"} for i in range(4)]
-    with pytest.raises(jepa.UserError, match=r"l.jsonl: none of its 2 clip_ids is in m.jsonl; e.g. the labels "
+    with pytest.raises(cli.UserError, match=r"l.jsonl: none of its 2 clip_ids is in m.jsonl; e.g. the labels "
                                              r"have 'x0', the manifest has 'c0'"):
         evaluation.check_label_overlap({"x0": 1, "x1": 0}, records, "l.jsonl", "m.jsonl")
     evaluation.check_label_overlap({"c0": 1, "x1": 0, "x2": 0}, records, "l.jsonl", "m.jsonl")
@@ -170,10 +169,10 @@ def test_corrupt_feature_files_are_named_with_the_fix(tmp_path, tiny_encoder, de
     shutil.copytree(reference, run)
     args = ["--manifest", str(demo_data), "--encoder", str(tiny_encoder), "--run-dir", str(run), "--resume"]
     (run / "features" / "chunk_00001.pt").write_bytes(b"torn")
-    with pytest.raises(jepa.UserError, match=r"chunk_00001.pt: corrupt feature chunk .*delete it and rerun"):
+    with pytest.raises(cli.UserError, match=r"chunk_00001.pt: corrupt feature chunk .*delete it and rerun"):
         train.main(args)
     (run / "features" / "fingerprint.json").write_text("{")
-    with pytest.raises(jepa.UserError, match=r"fingerprint.json: unreadable or corrupt; delete .*features"):
+    with pytest.raises(cli.UserError, match=r"fingerprint.json: unreadable or corrupt; delete .*features"):
         train.main(args)
 
 
@@ -195,7 +194,7 @@ def test_bad_flags_are_one_line(tmp_path, tiny_encoder, demo_data, extra, messag
 
 def test_run_dir_that_is_a_file(tmp_path, tiny_encoder, demo_data):
     (tmp_path / "f").write_text("")
-    with pytest.raises(jepa.UserError, match="--run-dir .*f: is a file, not a folder"):
+    with pytest.raises(cli.UserError, match="--run-dir .*f: is a file, not a folder"):
         train.main(["--manifest", str(demo_data), "--run-dir", str(tmp_path / "f")])
 
 
@@ -221,8 +220,8 @@ def test_read_only_folder_write_is_one_line(tmp_path, monkeypatch):
 
     monkeypatch.setattr("builtins.open", read_only)
     monkeypatch.setattr(type(tmp_path), "unlink", read_only)  # the cleanup fails too on a read-only folder
-    with pytest.raises(jepa.UserError, match=r"cannot write .*x.json: Read-only file system; choose another"):
-        jepa.atomic_write_text(tmp_path / "x.json", "{}")
+    with pytest.raises(cli.UserError, match=r"cannot write .*x.json: Read-only file system; choose another"):
+        cli.atomic_write_text(tmp_path / "x.json", "{}")
 
 
 # ---- messages that tell the truth ----
@@ -232,7 +231,7 @@ def test_interrupt_messages_and_bom(tmp_path, capsys, demo_data):
         raise KeyboardInterrupt
 
     with pytest.raises(SystemExit) as e:
-        jepa.run_cli(interrupted, on_interrupt="complete lines are kept; run the same command again")
+        cli.run_cli(interrupted, on_interrupt="complete lines are kept; run the same command again")
     assert e.value.code == 130 and "complete lines are kept" in capsys.readouterr().err
     for script, words in (("infer.py", "complete lines are kept"), ("eval.py", "nothing was written"),
                           ("train.py", "continue with --resume")):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import jepa
+import cli
 import manifest
 from conftest import run_script
 
@@ -94,12 +94,12 @@ def nusc(tmp_path_factory):
     return make_nuscenes(tmp_path_factory.mktemp("nuscenes"))
 
 
-def cli(capsys, *args):
+def manifest_cli(capsys, *args):
     """`python manifest.py ARGS` in-process (the subprocess form pays a 3 s torch import per call, so only two
     tests use it): returns (exit status, stdout lines, stderr lines)."""
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
-        jepa.run_cli(lambda: manifest.main([str(a) for a in args]))
+        cli.run_cli(lambda: manifest.main([str(a) for a in args]))
     out, err = capsys.readouterr()
     return e.value.code, out.splitlines(), err.splitlines()
 
@@ -175,7 +175,7 @@ def test_partial_download_skips_clips_and_reports_counts(nusc, tmp_path, capsys)
     gone = fname("scene-0061", "CAM_FRONT", FRONT_0061[5], False)
     (root / gone).unlink()
     out = tmp_path / "m.jsonl"
-    code, stdout, stderr = cli(capsys, "nuscenes", "--dataroot", root, "--frames", 4, "--stride", 3,
+    code, stdout, stderr = manifest_cli(capsys, "nuscenes", "--dataroot", root, "--frames", 4, "--stride", 3,
                                "--source", "sweeps", "--output", out)
     assert code == 0
     assert stderr == [
@@ -190,7 +190,7 @@ def test_partial_download_skips_clips_and_reports_counts(nusc, tmp_path, capsys)
 
 def test_nuscenes_user_errors(nusc, tmp_path, capsys):
     def err(*flags):
-        code, _, stderr = cli(capsys, "nuscenes", *flags, "--output", tmp_path / "m.jsonl")
+        code, _, stderr = manifest_cli(capsys, "nuscenes", *flags, "--output", tmp_path / "m.jsonl")
         assert code == 2 and not (tmp_path / "m.jsonl").exists()
         return "\n".join(stderr)
     proc = run_script("manifest.py", "nuscenes", "--dataroot", nusc, "--cameras", "CAM_FRONT,FRONT",
@@ -231,7 +231,7 @@ def drives(tmp_path):
 
 def test_frame_folders_natural_sort_and_short_scenes(drives, tmp_path, capsys):
     out = tmp_path / "manifests" / "drives.jsonl"
-    code, stdout, stderr = cli(capsys, "frames", "--frames-dir", drives, "--frames", 4, "--stride", 4, "--output", out)
+    code, stdout, stderr = manifest_cli(capsys, "frames", "--frames-dir", drives, "--frames", 4, "--stride", 4, "--output", out)
     assert code == 0
     assert stderr == [
         f"warning: {drives / 'drive_b' / 'CAM_LEFT'}: 2 frame(s), fewer than --frames 4; no clip",
@@ -245,9 +245,9 @@ def test_frame_folders_natural_sort_and_short_scenes(drives, tmp_path, capsys):
                    "camera": "CAM_FRONT", "frame_paths": [f"../drives/drive_b/CAM_FRONT/img{i}.png" for i in (0, 5, 10, 15)]})
     assert rows == expect
     assert manifest.seeded_splits(["drive_a", "drive_b"], 0) == split
-    code, stdout, stderr = cli(capsys, "check", "--manifest", out)  # relative paths resolve with no DATA_ROOT
+    code, stdout, stderr = manifest_cli(capsys, "check", "--manifest", out)  # relative paths resolve with no DATA_ROOT
     assert (code, stdout[-1], stderr) == (0, "OK: no errors, 0 warning(s)", [])
-    code, _, stderr = cli(capsys, "frames", "--frames-dir", drives / "drive_a", "--output", out)  # one scene's images
+    code, _, stderr = manifest_cli(capsys, "frames", "--frames-dir", drives / "drive_a", "--output", out)  # one scene's images
     assert (code, stderr) == (2, [f"error: {drives / 'drive_a'}: no scene sub-folders; expected "
                                   f"FRAMES_DIR/SCENE/*.jpg or FRAMES_DIR/SCENE/CAMERA/*.jpg"])
 
@@ -297,17 +297,17 @@ def test_check_reports_every_problem_as_file_line(tmp_path):
 def test_check_a_made_nuscenes_manifest_needs_its_data_root(nusc, tmp_path, capsys):
     out = tmp_path / "m.jsonl"
     build(nusc, out, "--cameras", "all", "--frames", 6, "--stride", 6, "--source", "sweeps")
-    code, stdout, stderr = cli(capsys, "check", "--manifest", out, "--data-root", nusc)
+    code, stdout, stderr = manifest_cli(capsys, "check", "--manifest", out, "--data-root", nusc)
     assert code == 0 and stderr == []
     assert stdout == [
         f"manifest: {out}", "clips: 24 (train 12, val 12)", "scenes: 2",
         "cameras: 6 (" + ", ".join(f"{c} 4 clips" for c in sorted(CAMERAS)) + ")",
         "frames: 144 in clips, 144 distinct files", "image sizes: 16x9 144 files", "OK: no errors, 0 warning(s)"]
-    code, _, stderr = cli(capsys, "check", "--manifest", out)  # without DATA_ROOT the paths resolve wrongly
+    code, _, stderr = manifest_cli(capsys, "check", "--manifest", out)  # without DATA_ROOT the paths resolve wrongly
     assert code == 1 and len(stderr) == 144 + 1
     assert stderr[0] == \
         f"error: {out}:1: frame {tmp_path / fname('scene-0061', 'CAM_BACK', 1532402927564981, False)}: file not found"
-    code, _, stderr = cli(capsys, "check", "--manifest", tmp_path / "none.jsonl")
+    code, _, stderr = manifest_cli(capsys, "check", "--manifest", tmp_path / "none.jsonl")
     assert (code, stderr[0]) == (1, f"error: {tmp_path / 'none.jsonl'}: manifest not found "
                                     f"(pass MANIFEST=path/to/clips.jsonl)")
 

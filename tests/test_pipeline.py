@@ -1,11 +1,11 @@
 """The research logic and the three commands, on a tiny V-JEPA 2 loaded through from_pretrained (CPU, no network)."""
 import json
-import shutil
 
 import numpy as np
 import pytest
 import torch
 
+import cli
 import jepa
 from manifest import assign_splits, read_manifest
 import train
@@ -13,7 +13,7 @@ from conftest import REALDATA, run_script, write_jsonl
 
 
 def cfg_with(**sets):
-    return jepa.load_config(None, [f"{k}={v}" for k, v in sets.items()])
+    return cli.load_config(None, [f"{k}={v}" for k, v in sets.items()])
 
 
 # ---- masking ----
@@ -200,5 +200,5 @@ def test_real_dashcam_frames_end_to_end(tmp_path, tiny_encoder):
 
 def test_training_refuses_an_all_test_manifest(tmp_path, tiny_encoder):
     m = write_jsonl(tmp_path / "m.jsonl", [{"clip_id": "a", "split": "test", "frames": ["x.jpg", "y.jpg"]}])
-    with pytest.raises(jepa.UserError, match="no clips to train on.*data.use_manifest_split=false"):
+    with pytest.raises(cli.UserError, match="no clips to train on.*data.use_manifest_split=false"):
         train.main(["--manifest", str(m), "--encoder", str(tiny_encoder), "--run-dir", str(tmp_path / "r")])

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import jepa
+import cli
 from manifest import read_manifest
 import eval as evaluation
 import report
@@ -116,16 +116,16 @@ def test_read_labels(tmp_path):
                          ('{"clip_id": "a"}\n', "bad.jsonl:1: binary_label"),
                          ('[1]\n', "bad.jsonl:1: expected a JSON object")]:
         bad.write_text(body)
-        with pytest.raises(jepa.UserError, match=re.escape(expect)):
+        with pytest.raises(cli.UserError, match=re.escape(expect)):
             evaluation.read_labels(bad)
-    with pytest.raises(jepa.UserError, match="labels file not found"):
+    with pytest.raises(cli.UserError, match="labels file not found"):
         evaluation.read_labels(tmp_path / "missing.jsonl")
 
 
 def test_duplicate_clip_ids_are_refused(tmp_path):
     dup = write_jsonl(tmp_path / "labels.jsonl", [{"clip_id": "a", "binary_label": 1},
                                                   {"clip_id": "a", "binary_label": 0}])
-    with pytest.raises(jepa.UserError, match=re.escape(f"{dup}:2: duplicate clip_id 'a' (first on line 1)")):
+    with pytest.raises(cli.UserError, match=re.escape(f"{dup}:2: duplicate clip_id 'a' (first on line 1)")):
         evaluation.read_labels(dup)
 
 
@@ -206,11 +206,11 @@ def clip_ids(html_part):
 
 
 def run_report(monkeypatch, *args):
-    """report.py's CLI in this process, through jepa.run_cli as `python report.py` runs it (but without a
+    """report.py's CLI in this process, through cli.run_cli as `python report.py` runs it (but without a
     second torch import); returns the exit status."""
     monkeypatch.setattr(sys, "argv", ["report.py", *map(str, args)])
     with pytest.raises(SystemExit) as e:
-        jepa.run_cli(report.main)
+        cli.run_cli(report.main)
     return e.value.code
 
 

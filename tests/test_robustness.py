@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+import cli
 import jepa
 from manifest import check_frames, read_manifest
 import train
@@ -46,11 +47,11 @@ def test_train_killed_then_resumed_equals_uninterrupted(tmp_path, tiny_encoder, 
 def test_resume_refuses_changed_settings_and_fingerprint(tmp_path, tiny_encoder, demo_data, reference):
     shutil.copytree(reference, tmp_path / "r")
     base = ["--manifest", str(demo_data), "--encoder", str(tiny_encoder), "--run-dir", str(tmp_path / "r")]
-    with pytest.raises(jepa.UserError, match="already holds a run"):
+    with pytest.raises(cli.UserError, match="already holds a run"):
         train.main(base)
-    with pytest.raises(jepa.UserError, match=r"training.lr 0.0001 -> 0.001 would change the run"):
+    with pytest.raises(cli.UserError, match=r"training.lr 0.0001 -> 0.001 would change the run"):
         train.main([*base, "--resume", "--lr", "1e-3"])
-    with pytest.raises(jepa.UserError, match="features were encoded with another"):
+    with pytest.raises(cli.UserError, match="features were encoded with another"):
         train.main([*base[:4], "--run-dir", str(tmp_path / "new"), "--features", str(tmp_path / "r"),
                     "--set", "data.mask_ratio=0.5"])
 
@@ -64,7 +65,7 @@ def test_nan_loss_stops_with_epoch_and_batch(tmp_path, tiny_encoder, demo_data, 
         return real(head, opt, feats, bs, gen, epoch)
 
     monkeypatch.setattr(jepa, "train_epoch", nan_at_epoch_2)
-    with pytest.raises(jepa.UserError, match=r"loss became nan at epoch 2, batch 0.*last.pt is intact"):
+    with pytest.raises(cli.UserError, match=r"loss became nan at epoch 2, batch 0.*last.pt is intact"):
         train.main(["--manifest", str(demo_data), "--encoder", str(tiny_encoder), "--run-dir", str(tmp_path),
                     "--epochs", "3"])
     assert jepa.load_checkpoint(tmp_path / "last.pt")["epoch"] == 1
@@ -140,7 +141,7 @@ def test_manifest_problems_are_all_listed_with_lines(tmp_path):
                   b'{"clip_id": "c", "frames": ["a.jpg"]}\n'
                   b'{"clip_id": "a", "frames": ["a.jpg", "a.jpg"]}\n'
                   b'{"clip_id": "\xff\xfe"}\n')
-    with pytest.raises(jepa.UserError) as e:
+    with pytest.raises(cli.UserError) as e:
         read_manifest(m)
     assert str(e.value).splitlines() == [
         f"{m}:2: not JSON (Expecting value at column 1)",
@@ -149,7 +150,7 @@ def test_manifest_problems_are_all_listed_with_lines(tmp_path):
         f"{m}:5: duplicate clip_id 'a' (first on line 1)",
         f"{m}:6: not UTF-8 text (re-save the manifest as UTF-8)"]
     (tmp_path / "empty.jsonl").write_text("\n")
-    with pytest.raises(jepa.UserError, match="empty manifest"):
+    with pytest.raises(cli.UserError, match="empty manifest"):
         read_manifest(tmp_path / "empty.jsonl")
 
 
@@ -160,7 +161,7 @@ def test_unusable_frames_are_named(tmp_path):
     (tmp_path / "trunc.jpg").write_bytes((tmp_path / "ok.jpg").read_bytes()[:200])
     m = write_jsonl(tmp_path / "m.jsonl", [{"clip_id": "a", "frames": ["ok.jpg", "missing.jpg", "zero.jpg"]},
                                            {"clip_id": "b", "frames": ["text.jpg", "trunc.jpg"]}])
-    with pytest.raises(jepa.UserError) as e:
+    with pytest.raises(cli.UserError) as e:
         check_frames(read_manifest(m), m, decode=True)
     lines = str(e.value).splitlines()
     assert lines[0] == f"{m}:1: frame {tmp_path / 'missing.jpg'}: file not found"
@@ -188,18 +189,18 @@ def test_odd_image_modes_and_small_images_just_work(tmp_path, mode):
     (["nokey"], "expected section.key=value"),
 ])
 def test_config_errors_name_the_key(sets, message):
-    with pytest.raises(jepa.UserError) as e:
-        jepa.load_config(None, sets)
+    with pytest.raises(cli.UserError) as e:
+        cli.load_config(None, sets)
     assert message in str(e.value)
 
 
 def test_config_accepts_yaml_exponent_text_and_partial_file(tmp_path):
     (tmp_path / "c.yaml").write_text("training:\n  lr: 1e-3\n")  # YAML reads 1e-3 as text
-    cfg = jepa.load_config(tmp_path / "c.yaml")
+    cfg = cli.load_config(tmp_path / "c.yaml")
     assert cfg["training"]["lr"] == 1e-3 and cfg["training"]["epochs"] == 30
     (tmp_path / "bad.yaml").write_text("trainig:\n  lr: 0.1\n")
-    with pytest.raises(jepa.UserError, match=r"bad.yaml: unknown config key 'trainig.lr'"):
-        jepa.load_config(tmp_path / "bad.yaml")
+    with pytest.raises(cli.UserError, match=r"bad.yaml: unknown config key 'trainig.lr'"):
+        cli.load_config(tmp_path / "bad.yaml")
 
 
 def test_cli_errors_are_one_line_without_traceback(tmp_path, tiny_encoder, demo_data):
@@ -219,10 +220,10 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path, tiny_encoder, demo_
 def test_encoder_that_is_not_vjepa2_and_offline_hub_id(tmp_path, monkeypatch):
     from transformers import BertConfig
     BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8).save_pretrained(tmp_path)
-    with pytest.raises(jepa.UserError, match="is a 'bert' model, not V-JEPA 2"):
+    with pytest.raises(cli.UserError, match="is a 'bert' model, not V-JEPA 2"):
         jepa.VJEPAEncoder(str(tmp_path))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(jepa.UserError, match="hub is unreachable; download a snapshot.*ENCODER=DIR"):
+    with pytest.raises(cli.UserError, match="hub is unreachable; download a snapshot.*ENCODER=DIR"):
         jepa.VJEPAEncoder("facebook/vjepa2-vitl-fpc64-256")
 
 
@@ -235,7 +236,7 @@ def test_checkpoint_for_another_encoder_is_refused(tmp_path, reference, demo_dat
     ckpt = jepa.load_checkpoint(reference / "best.pt")
     ckpt["embed_dim"] = 1024
     enc = jepa.VJEPAEncoder(str(other))
-    with pytest.raises(jepa.UserError, match="head expects 1024-d embeddings but encoder"):
+    with pytest.raises(cli.UserError, match="head expects 1024-d embeddings but encoder"):
         jepa.check_encoder_matches(ckpt, enc, "x.pt")
 
 
@@ -256,8 +257,8 @@ def test_unwritable_output_and_full_disk(tmp_path, reference, tiny_encoder, demo
     monkeypatch.setattr(torch, "save", full_disk)
     target = tmp_path / "last.pt"
     target.write_bytes(b"previous good checkpoint")
-    with pytest.raises(jepa.UserError, match="cannot write .*last.pt: No space left on device"):
-        jepa.atomic_write(target, lambda f: torch.save({}, f))
+    with pytest.raises(cli.UserError, match="cannot write .*last.pt: No space left on device"):
+        cli.atomic_write(target, lambda f: torch.save({}, f))
     assert target.read_bytes() == b"previous good checkpoint" and not list(tmp_path.glob(".*tmp*"))
 
 
@@ -273,12 +274,12 @@ def test_checkpoint_that_would_run_code_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("JEPA_PWNED", str(marker))
     bad = tmp_path / "evil.pt"
     torch.save({"model_state": RunsCode()}, bad, pickle_protocol=2)
-    with pytest.raises(jepa.UserError, match=r"not a jepa-clips checkpoint \(or one that would run code\); refusing to load it"):
+    with pytest.raises(cli.UserError, match=r"not a jepa-clips checkpoint \(or one that would run code\); refusing to load it"):
         jepa.load_checkpoint(bad)
     assert not marker.exists()
     with open(bad, "wb") as f:
         pickle.dump(RunsCode(), f)
-    with pytest.raises(jepa.UserError, match="refusing to load"):
+    with pytest.raises(cli.UserError, match="refusing to load"):
         jepa.load_checkpoint(bad)
     assert not marker.exists()
 
@@ -299,5 +300,5 @@ def test_resume_accepts_same_encoder_spelled_differently_refuses_another(tmp_pat
     train.main([*base, "--encoder", str(copy), "--epochs", "5"])
     assert jepa.load_checkpoint(tmp_path / "r" / "last.pt")["epoch"] == 5
     other = demo.make_tiny_encoder(tmp_path / "other", seed=1)
-    with pytest.raises(jepa.UserError, match="features were encoded with another encoder"):
+    with pytest.raises(cli.UserError, match="features were encoded with another encoder"):
         train.main([*base, "--encoder", str(other), "--epochs", "6"])

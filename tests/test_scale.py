@@ -4,7 +4,7 @@ import shutil
 
 import numpy as np
 
-from conftest import run_script, write_jsonl
+from conftest import run_script
 
 
 def test_shards_merge_byte_identical_to_single_run(tmp_path, reference, tiny_encoder, demo_data, scored):
@@ -40,11 +40,11 @@ def test_bad_shard_spec(tmp_path, reference, demo_data):
 def test_merge_names_a_corrupt_shard_line(tmp_path, demo_data):
     import pytest
     import infer
-    import jepa
+    import cli
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"clip_id": "scene_0__CAM_FRONT__000"}\nnot json\n')
     (tmp_path / "bad.jsonl.meta.json").write_text('{"embed_dim": 4}')
     np.save(tmp_path / "bad.jsonl.emb.npy", np.zeros((2, 4), dtype="<f4"))
-    with pytest.raises(jepa.UserError, match=r"bad.jsonl:2: not a scores line"):
+    with pytest.raises(cli.UserError, match=r"bad.jsonl:2: not a scores line"):
         infer.main(["--merge", str(bad), "--manifest", str(demo_data), "--output", str(tmp_path / "m.jsonl")])
     assert not (tmp_path / "m.jsonl").exists()

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-import jepa
+import cli
 import selection
 from manifest import read_manifest
 from conftest import run_script, write_jsonl
@@ -191,14 +191,14 @@ def test_select_with_manifest_fills_last_frame_and_timestamps(tmp_path):
 def test_select_refuses_mismatched_files_and_bad_config(tmp_path):
     scores = write_inputs(tmp_path, HAND)
     np.save(f"{scores}.emb.npy", np.zeros((6, 3), np.float32))
-    with pytest.raises(jepa.UserError, match=r"scores.jsonl.emb.npy has 6 rows but .*scores.jsonl has 7 "):
+    with pytest.raises(cli.UserError, match=r"scores.jsonl.emb.npy has 6 rows but .*scores.jsonl has 7 "):
         select(scores, tmp_path / "o.jsonl")
     np.save(f"{scores}.emb.npy", np.zeros((7, 4), np.float32))
-    with pytest.raises(jepa.UserError, match=r"holds 4-d rows but .*scores.jsonl.meta.json says embed_dim 3"):
+    with pytest.raises(cli.UserError, match=r"holds 4-d rows but .*scores.jsonl.meta.json says embed_dim 3"):
         select(scores, tmp_path / "o.jsonl")
-    with pytest.raises(jepa.UserError, match=r"selection.max_similarity = 1.5 must be in \[-1, 1\]"):
+    with pytest.raises(cli.UserError, match=r"selection.max_similarity = 1.5 must be in \[-1, 1\]"):
         select(scores, tmp_path / "o.jsonl", "--set", "selection.max_similarity=1.5")
-    with pytest.raises(jepa.UserError, match=r"--output .*o.csv: name the picks JSONL"):
+    with pytest.raises(cli.UserError, match=r"--output .*o.csv: name the picks JSONL"):
         select(scores, tmp_path / "o.csv")
     assert not (tmp_path / "o.jsonl").exists()
 
@@ -235,5 +235,5 @@ def test_similar_refuses_an_unknown_clip_in_one_line(tmp_path):
     proc = run_script("selection.py", "similar", "--scores", scores, "--clip", "nope")
     assert proc.returncode == 2
     assert proc.stderr == f"error: {scores}: no clip 'nope' in this scores file; pass a clip_id from it\n"
-    with pytest.raises(jepa.UserError, match=r"scores.jsonl:6: clip 'f' has no embedding"):
+    with pytest.raises(cli.UserError, match=r"scores.jsonl:6: clip 'f' has no embedding"):
         selection.main(["similar", "--scores", str(scores), "--clip", "f", "--output", str(tmp_path / "o")])
