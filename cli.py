@@ -74,6 +74,15 @@ def add_scoring_args(p, checkpoint_required=True):
                         f"differ from training")
 
 
+def add_clip_inputs(p, manifest_use, labels_use):
+    """--manifest, --data-root and --labels as report.py and selection.py take them."""
+    p.add_argument("--manifest", help=f"manifest JSONL the clips were scored from: {manifest_use}")
+    p.add_argument("--data-root", help="folder relative frame paths in --manifest resolve against (default: the "
+                                       "manifest's folder)")
+    p.add_argument("--labels", help=f"labels JSONL {{clip_id, binary_label: 0|1|null}}: {labels_use} "
+                                    f"(default: none)")
+
+
 # ==================================================================================================
 # 2. config
 # ==================================================================================================

@@ -631,12 +631,8 @@ def build_html(clips, args, meta, records, labels=None, picks=()):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scores", required=True, help="scores JSONL written by infer.py (required)")
-    p.add_argument("--manifest", help="manifest JSONL of the scored clips: previews, stills across each clip "
-                                      "and timestamps (default: none; each clip shows only its first frame)")
-    p.add_argument("--data-root", help="folder that relative frame paths in --manifest resolve against "
-                                       "(default: the manifest's folder)")
-    p.add_argument("--labels", help="labels JSONL {clip_id, binary_label: 0|1|null}: label per clip, missed "
-                                    "positives and ranking metrics (default: none)")
+    cli.add_clip_inputs(p, "previews, stills across each clip and timestamps (default: none; each clip shows "
+                           "only its first frame)", "label per clip, missed positives and ranking metrics")
     p.add_argument("--selection", help="selection.jsonl from make select: picks listed with their folded "
                                        "near-duplicates and pre-checked for export (default: none)")
     p.add_argument("--top", type=int, default=50,

@@ -487,12 +487,8 @@ def parse_args(argv=None):
                        "(default: the shipped config.yaml)")
         q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key, e.g. selection.max_similarity=0.9; repeatable")
-    s.add_argument("--manifest", help="manifest the clips were scored from, for last frames and timestamps "
-                   "(default: none, those fields are null)")
-    s.add_argument("--data-root", help="folder relative manifest paths resolve against (default: the "
-                   "manifest's)")
-    s.add_argument("--labels", help="JSONL of {clip_id, binary_label: 0|1|null}: compare the raw ranking and "
-                   "the selection (default: none)")
+    cli.add_clip_inputs(s, "last frames and timestamps (default: none, those fields are null)",
+                        "compare the raw ranking and the selection")
     s.add_argument("--top", type=int, help="clips to pick (default: selection.top, 50)")
     s.add_argument("--output", default="selection.jsonl", help="picks JSONL; the CSV and OUT.meta.json go "
                    "beside it (default: selection.jsonl)")
