@@ -414,6 +414,10 @@ def load_tables(dataroot, version):
             tables[name] = json.loads(path.read_text(encoding="utf-8"))
         except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are both ValueErrors
             raise cli.UserError(f"{path}: not a JSON table ({e}); re-extract the {version} metadata")
+        if not isinstance(tables[name], list) or not all(isinstance(r, dict) and "token" in r
+                                                         for r in tables[name]):
+            raise cli.UserError(f"{path}: not a nuScenes table (a JSON list of records with a token); "
+                                f"re-extract the {version} metadata")
     return tables
 
 
@@ -468,8 +472,12 @@ def nuscenes_manifest(args):
     """`nuscenes` command: tables -> clips of the chosen cameras and source -> --output."""
     check_window(args.frames, args.stride)
     tables = load_tables(args.dataroot, args.version)
-    cameras = pick_cameras(args.cameras, set(camera_channels(tables).values()))
-    seqs = list(nuscenes_sequences(tables, cameras, args.source))
+    try:
+        cameras = pick_cameras(args.cameras, set(camera_channels(tables).values()))
+        seqs = list(nuscenes_sequences(tables, cameras, args.source))
+    except (KeyError, TypeError) as e:  # a record without a field the schema has
+        raise cli.UserError(f"{Path(args.dataroot) / args.version}: the tables do not follow the nuScenes schema "
+                            f"(no {e} in a record); re-extract the {args.version} metadata")
     listed = {r["filename"] for seq in seqs for r in seq["items"]}
     missing = {f for f in listed if not os.path.isfile(os.path.join(args.dataroot, f))}
     rows, skipped = [], 0

@@ -210,6 +210,11 @@ def test_nuscenes_user_errors(nusc, tmp_path, capsys):
     (broken / "v1.0-mini" / "sensor.json").unlink()
     assert err("--dataroot", broken) == \
         f"error: {broken / 'v1.0-mini' / 'sensor.json'}: table missing; extract the v1.0-mini metadata archive into {broken}"
+    (broken / "v1.0-mini" / "sensor.json").write_text('{"token": "a dict, not a list"}')  # wrong JSON shape
+    assert "sensor.json: not a nuScenes table (a JSON list of records with a token)" in err("--dataroot", broken)
+    shutil.copy(nusc / "v1.0-mini" / "sensor.json", broken / "v1.0-mini" / "sensor.json")
+    (broken / "v1.0-mini" / "scene.json").write_text('[{"token": "s1"}]')  # records without the schema's fields
+    assert err("--dataroot", broken).startswith("error: ")  # one line (exit 2 checked in err), no traceback
 
 
 # ---- folders of frames ----
