@@ -31,7 +31,7 @@ import demo
 import infer
 import cli
 import jepa
-from manifest import read_manifest
+from manifest import read_manifest, scan_manifest
 import train
 
 HERE = Path(__file__).resolve().parent
@@ -170,6 +170,9 @@ def bench_fleet(work, tiny, tiny_ckpt, q):
     base = ["--checkpoint", str(tiny_ckpt), "--device", "cpu", "--set", "data.num_workers=1"]
     small = fleet_manifest(folder / "m100.jsonl", 100, 16, files)
     large = fleet_manifest(folder / f"m{big}.jsonl", big, 16, files)
+    t0 = time.perf_counter()
+    scan_manifest(large, shard=(0, big // 100))  # the floor: read and validate every line once
+    res["scan_s"] = time.perf_counter() - t0
     for name, manifest, shard in (("100", small, []), ("big", large, ["--shard", f"0/{big // 100}"])):
         res[f"fleet_{name}_mb"], res[f"fleet_{name}_s"] = run_measured(
             [INFER, *base, "--manifest", str(manifest), "--output", str(folder / f"s-{name}.jsonl"), *shard])
@@ -200,6 +203,7 @@ def fleet_table(r):
              f"memory_{n}_over_100 {r['memory_1m_over_100']:.2f}", "<= 1.10"),
             (f"startup {n}", f"{r['fleet_big_s']:.1f}s vs {r['fleet_100_s']:.1f}s",
              f"startup_{n}_over_100 {r['startup_1m_over_100']:.2f}", "<= 1.5"),
+            ("validation", f"{r['scan_s']:.1f}s to read and validate {n} lines (in the startup above)", "", ""),
             ("merge", f"100 shards, {r['fleet_lines']} clips: {r['merge_mb']:.0f} MB, {r['merge_s']:.1f}s",
              "peak RSS", "< 300 MB"),
             ("long clip", f"{r['clip_1024_mb']:.0f} MB (1024 frames) vs {r['clip_16_mb']:.0f} MB (16)",

@@ -7,8 +7,8 @@
   5. streaming encode       slices of many clips -> encoder batches -> per-clip embeddings, in order
   6. training and scoring   one epoch over encoded features; one scoring loop shared by eval.py and infer.py
   7. checkpoints            save / load / rebuild the head, pair it with its encoder
-then 8. RNG state (exact resume). The plumbing that needs no torch (errors, config,
-files, locks) is in cli.py.
+  8. RNG state              everything a resumed run needs to continue bit-identically
+The plumbing that needs no torch (errors, config, files, locks) is in cli.py.
 
 Shapes: a tubelet is T=data.tubelet_size frames of S=data.image_size pixels, uint8 (T, 3, S, S) before the
 encoder's video processor and float (T, 3, S', S') after it; an embedding is D floats (D = the encoder's
@@ -33,7 +33,6 @@ from PIL import Image
 
 import cli
 
-CONFIG_PATH = Path(__file__).with_name("config.yaml")
 FORMAT_VERSION = 1  # checkpoint format; bump when its keys change meaning
 SLICE_TUBELETS = 8  # tubelets decoded at once per clip: memory stays flat however long a clip is
 
