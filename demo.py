@@ -246,8 +246,8 @@ def run_demo(data_dir, run_dir, seed=42, epochs=8, step=run_subprocess):
     shutil.rmtree(run_dir, ignore_errors=True)
     data = make_demo_data(data_dir, seed)
     encoder = make_tiny_encoder(data_dir / "tiny-vjepa2", seed)
-    print(f"wrote {data['train']} (ordinary), {data['fleet']} with {len(data['planted'])} planted clips "
-          f"({data['labels']}) and a tiny random V-JEPA 2 in {encoder}", flush=True)
+    print(f"wrote to {data_dir}/: train.jsonl (ordinary drives), fleet.jsonl ({len(data['planted'])} planted "
+          f"clips, listed in fleet_labels.jsonl) and tiny-vjepa2/ (random weights)", flush=True)
     commands = steps(data, run_dir, encoder, seed, epochs)
     for script, args in commands[:2]:  # train, eval
         step(script, args)
@@ -285,8 +285,8 @@ def main():
     for rank, clip_id in enumerate(found["order"][:5], 1):
         print(f"  {rank}. {clip_id}" + ("  (planted)" if clip_id in ranks else ""))
     print(f"the planted clips rank {', '.join(str(r) for r in sorted(ranks.values()))} of {n}\n{found['verdict']}")
-    print(f"\noutputs in {run_dir}/: best.pt, metrics.jsonl, eval.json, scores.jsonl, report.html "
-          f"(top 6, bottom 6); done in {time.time() - t0:.0f}s")
+    print(f"\noutputs in {run_dir}/:\n  best.pt, metrics.jsonl, eval.json, scores.jsonl, report.html (top 6, "
+          f"bottom 6); done in {time.time() - t0:.0f} s")
 
 
 if __name__ == "__main__":
