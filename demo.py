@@ -21,6 +21,7 @@ random and the planted objects are big, saturated and never seen in training, wh
 import argparse
 import importlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -181,9 +182,12 @@ def make_demo_data(folder, seed=42, train_scenes=8, fleet_scenes=6, clips_per_sc
 # ---- running it ----
 
 def run_subprocess(script, args):
-    """Run an entry script as a user would; exit with its status when it fails."""
+    """Run an entry script as a user would; exit with its status when it fails. One CPU thread unless
+    OMP_NUM_THREADS says otherwise: the tiny encoder's ops are too small for threads to pay off, and on a busy
+    machine several threads made each encoder call an order of magnitude slower."""
     print("$ python " + " ".join([script, *args]), flush=True)
-    if subprocess.run([sys.executable, script, *args], cwd=HERE).returncode != 0:
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    if subprocess.run([sys.executable, script, *args], cwd=HERE, env=env).returncode != 0:
         sys.exit(f"demo: step {script} failed (see its message above)")
 
 
