@@ -17,7 +17,9 @@ INSTALL := $(if $(filter .venv/bin/python,$(PYTHON)),.venv/.installed)
 opt = $(if $(2),$(1) $(2))
 MANIFEST_FOR_REPORT = $(if $(filter command line environment,$(origin MANIFEST)),$(MANIFEST))
 COMMON = $(call opt,--data-root,$(DATA_ROOT)) $(call opt,--encoder,$(ENCODER)) --device $(DEVICE)
-TRAIN_ARGS = --config $(CONFIG) --manifest $(MANIFEST) --run-dir $(RUN) $(COMMON) $(call opt,--lr,$(LR)) \
+# RESUME=1 without MANIFEST=: no --manifest, so train.py continues with the manifest the run recorded
+TRAIN_MANIFEST = $(if $(and $(RESUME),$(filter file,$(origin MANIFEST))),,--manifest $(MANIFEST))
+TRAIN_ARGS = --config $(CONFIG) $(TRAIN_MANIFEST) --run-dir $(RUN) $(COMMON) $(call opt,--lr,$(LR)) \
 	$(call opt,--epochs,$(EPOCHS)) $(call opt,--batch-size,$(BATCH)) $(call opt,--seed,$(SEED)) \
 	$(if $(RESUME),--resume) $(ARGS)
 

@@ -273,8 +273,8 @@ def main():
                                             "(default: seed in config.yaml)")
     args = p.parse_args()
     if args.seed is None:
-        import jepa
-        args.seed = jepa.load_config()["seed"]
+        import yaml
+        args.seed = yaml.safe_load((HERE / "config.yaml").read_text())["seed"]
     data_dir, run_dir = HERE / "data/demo", HERE / "experiments/demo"
     t0 = time.time()
     if args.data_only:

@@ -59,6 +59,14 @@ def test_eval_and_score_write_next_to_the_checkpoint():
     assert "--output elsewhere/s.jsonl" in out
 
 
+def test_resume_without_manifest_leaves_it_to_the_run():
+    """RESUME=1 without MANIFEST=: train.py gets no --manifest and continues with the one the run recorded (the
+    default data/manifest.jsonl would be another file); an explicit MANIFEST= is still passed."""
+    assert "--manifest" not in dry_run("train", "RUN=experiments/lr1e-3", "RESUME=1")
+    assert "--manifest data/t.jsonl" in dry_run("train", "RUN=experiments/lr1e-3", "RESUME=1", "MANIFEST=data/t.jsonl")
+    assert "--manifest data/manifest.jsonl" in dry_run("train", "RUN=experiments/new")
+
+
 def test_report_writes_next_to_the_scores():
     assert "--output runs/b/report.html" in dry_run("report", "SCORES=runs/b/scores.jsonl")
     assert "--output r.html" in dry_run("report", "SCORES=runs/b/scores.jsonl", "OUT=r.html")

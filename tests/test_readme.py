@@ -3,6 +3,7 @@ example is either run or skipped with a reason, and the numbers it states are th
 import re
 
 import torch
+import yaml
 
 import jepa
 import readme_examples as walker
@@ -52,7 +53,8 @@ def test_checkpoint_size_is_the_measured_one(tmp_path):
     jepa.jepa_loss(head(x, torch.rand(4)), x).backward()
     optimizer.step()  # AdamW's state exists after the first step
     path = tmp_path / "vitl.pt"
-    jepa.save_checkpoint(path, head, optimizer, 1, jepa.load_config(), 0.1, rng=jepa.rng_state(torch.Generator()),
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    jepa.save_checkpoint(path, head, optimizer, 1, config, 0.1, rng=jepa.rng_state(torch.Generator()),
                          encoder_name="facebook/vjepa2-vitl-fpc64-256", encoder_fingerprint="0" * 16,
                          embed_dim=1024, features_fingerprint="0" * 16)
     size_mb = path.stat().st_size / 1e6
