@@ -7,6 +7,9 @@ MANIFEST ?= data/manifest.jsonl
 RUN ?= experiments/run
 CKPT ?= $(RUN)/best.pt
 DEVICE ?= auto
+# default outputs sit next to what they came from: eval.json and scores.jsonl beside the checkpoint (CKPT),
+# report.html beside the scores (SCORES), so another run's checkpoint never overwrites this run's files
+CKPT_DIR = $(dir $(CKPT))
 
 # the install stamp: only when PYTHON is the default .venv
 INSTALL := $(if $(filter .venv/bin/python,$(PYTHON)),.venv/.installed)
@@ -14,34 +17,43 @@ INSTALL := $(if $(filter .venv/bin/python,$(PYTHON)),.venv/.installed)
 opt = $(if $(2),$(1) $(2))
 MANIFEST_FOR_REPORT = $(if $(filter command line environment,$(origin MANIFEST)),$(MANIFEST))
 COMMON = $(call opt,--data-root,$(DATA_ROOT)) $(call opt,--encoder,$(ENCODER)) --device $(DEVICE)
-TRAIN_ARGS = --config $(CONFIG) --manifest $(MANIFEST) --run-dir $(RUN) $(COMMON) $(call opt,--lr,$(LR)) \
+# RESUME=1 without MANIFEST=: no --manifest, so train.py continues with the manifest the run recorded
+TRAIN_MANIFEST = $(if $(and $(RESUME),$(filter file,$(origin MANIFEST))),,--manifest $(MANIFEST))
+TRAIN_ARGS = --config $(CONFIG) $(TRAIN_MANIFEST) --run-dir $(RUN) $(COMMON) $(call opt,--lr,$(LR)) \
 	$(call opt,--epochs,$(EPOCHS)) $(call opt,--batch-size,$(BATCH)) $(call opt,--seed,$(SEED)) \
 	$(if $(RESUME),--resume) $(ARGS)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo manifest check train eval score merge report test bench clean
+.PHONY: help install demo manifest check train eval score merge report select similar test walk-readme bench clean
 
 help:
 	@echo "jepa-clips: mine driving clips worth a human's review (see README.md)"
 	@echo ""
 	@echo "  make demo                 whole pipeline on synthetic clips and a tiny encoder (no GPU, no network)"
+	@echo "                            [SEED=] [EPOCHS=]"
 	@echo "  make test                 run the test suite (builds .venv from requirements.txt if missing)"
 	@echo "  make install              build .venv from requirements.txt"
-	@echo "  make manifest             NUSCENES=/data/nuscenes [VERSION=v1.0-mini] [CAMERAS=CAM_FRONT|a,b|all] [SOURCE=samples|sweeps]"
-	@echo "                            or FRAMES_DIR=/data/drives; [FRAMES=16] [STRIDE=16] [SPLIT=] [SEED=] [OUT=\$$MANIFEST]"
-	@echo "  make check                MANIFEST= [DATA_ROOT=]   validate a manifest and decode every frame"
+	@echo "  make manifest             NUSCENES=/data/nuscenes [VERSION=v1.0-mini] [CAMERAS=CAM_FRONT|a,b|all]"
+	@echo "                            [SOURCE=samples|sweeps], or FRAMES_DIR=/data/drives;"
+	@echo "                            [FRAMES=16] [STRIDE=16] [SPLIT=] [SEED=] [OUT=\$$MANIFEST] [ARGS=]"
+	@echo "  make check                MANIFEST= [DATA_ROOT=] [ARGS=]  validate a manifest, decode every frame"
 	@echo "  make train                MANIFEST= [RUN=experiments/run] [ENCODER=] [LR=] [EPOCHS=] [BATCH=] [SEED=]"
 	@echo "                            [DATA_ROOT=] [DEVICE=auto] [RESUME=1] [CONFIG=config.yaml] [ARGS=]"
-	@echo "  make eval                 CKPT= MANIFEST= [OUT=\$$RUN/eval.json] [LABELS=] [ENCODER=] [DATA_ROOT=] [DEVICE=]"
-	@echo "  make score                CKPT= MANIFEST= [OUT=\$$RUN/scores.jsonl] [SHARD=I/N] [ENCODER=] [DATA_ROOT=]"
-	@echo "  make merge                SHARDS=\"a.jsonl b.jsonl\" MANIFEST= OUT=scores.jsonl"
-	@echo "  make report               SCORES= [MANIFEST=] [DATA_ROOT=] [TOP=50] [OUT=report.html]  HTML review page"
-	@echo "  make select               SCORES= [MANIFEST=] [LABELS=] [TOP=50] [OUT=selection.jsonl]  clips to label, near-duplicates folded"
-	@echo "  make similar              SCORES= CLIP=clip_id [K=20] [OUT=similar.jsonl]  nearest clips by embedding cosine"
-	@echo "  make bench                throughput/memory ratios -> BENCHMARKS.md [BENCH_ARGS=--quick]"
+	@echo "  make eval                 CKPT= MANIFEST= [OUT=eval.json beside CKPT] [LABELS=] [ENCODER=] [DATA_ROOT=]"
+	@echo "                            [DEVICE=] [ARGS=]"
+	@echo "  make score                CKPT= MANIFEST= [OUT=scores.jsonl beside CKPT] [SHARD=I/N|auto] [ENCODER=]"
+	@echo "                            [DATA_ROOT=] [DEVICE=] [ARGS=]   (+ OUT.emb.npy: one embedding per clip)"
+	@echo "  make merge                SHARDS=\"a.jsonl b.jsonl\" MANIFEST= OUT=scores.jsonl [ARGS=]"
+	@echo "  make select               SCORES= [MANIFEST=] [LABELS=] [TOP=50] [OUT=selection.jsonl beside SCORES]"
+	@echo "                            [ARGS=]  a diverse top-K for labelling, near-duplicates folded"
+	@echo "  make similar              SCORES= CLIP=clip_id [K=20] [OUT=similar.jsonl beside SCORES] [ARGS=]"
+	@echo "  make report               SCORES= [MANIFEST=] [DATA_ROOT=] [LABELS=] [SELECTION=] [TOP=50] [BOTTOM=10]"
+	@echo "                            [OUT=report.html beside SCORES] [ARGS=\"--thumbs 3\"]  HTML review page"
+	@echo "  make bench                throughput/memory ratios -> BENCHMARKS.md [BENCH_ARGS=--quick|--only fleet]"
+	@echo "  make walk-readme          run every README example in a temporary checkout (tiny encoder; minutes)"
 	@echo "  make clean                remove .venv and caches (never experiments/)"
 	@echo ""
-	@echo "  ARGS=\"...\" passes anything else, e.g. ARGS=\"--set training.checkpoint_every=2\""
+	@echo "  ARGS=\"...\" passes anything else to the target's script, e.g. ARGS=\"--set training.checkpoint_every=2\""
 	@echo "  PYTHON=python3 uses an existing environment instead of .venv"
 
 .venv/.installed: requirements.txt
@@ -52,7 +64,7 @@ help:
 install: $(INSTALL)
 
 demo: $(INSTALL)
-	$(PYTHON) demo.py $(ARGS)
+	$(PYTHON) demo.py $(call opt,--seed,$(SEED)) $(call opt,--epochs,$(EPOCHS)) $(ARGS)
 
 MANIFEST_ARGS = $(call opt,--frames,$(FRAMES)) $(call opt,--stride,$(STRIDE)) $(call opt,--split,$(SPLIT)) \
 	$(call opt,--seed,$(SEED)) --output $(or $(OUT),$(MANIFEST)) $(ARGS)
@@ -66,7 +78,7 @@ else ifneq ($(NUSCENES),)
 else ifneq ($(FRAMES_DIR),)
 	$(PYTHON) manifest.py frames --frames-dir $(FRAMES_DIR) $(MANIFEST_ARGS)
 else
-	@echo "error: pass NUSCENES=/path/to/nuscenes (a nuScenes download) or FRAMES_DIR=/path/to/drives (one folder of frames per scene)" >&2; exit 2
+	@echo "error: pass NUSCENES=/path/to/nuscenes (a nuScenes download) or FRAMES_DIR=/path/to/drives (frame folders)" >&2; exit 2
 endif
 
 check: $(INSTALL)
@@ -76,39 +88,43 @@ train: $(INSTALL)
 	$(PYTHON) train.py $(TRAIN_ARGS)
 
 eval: $(INSTALL)
-	$(PYTHON) eval.py --checkpoint $(CKPT) --manifest $(MANIFEST) --output $(or $(OUT),$(RUN)/eval.json) \
+	$(PYTHON) eval.py --checkpoint $(CKPT) --manifest $(MANIFEST) --output $(or $(OUT),$(CKPT_DIR)eval.json) \
 		$(COMMON) $(call opt,--labels,$(LABELS)) $(ARGS)
 
 score: $(INSTALL)
-	$(PYTHON) infer.py --checkpoint $(CKPT) --manifest $(MANIFEST) --output $(or $(OUT),$(RUN)/scores.jsonl) \
+	$(PYTHON) infer.py --checkpoint $(CKPT) --manifest $(MANIFEST) \
+		--output $(or $(OUT),$(CKPT_DIR)scores.jsonl) \
 		$(COMMON) $(call opt,--shard,$(SHARD)) $(ARGS)
 
 merge: $(INSTALL)
-	$(PYTHON) infer.py --merge $(SHARDS) --manifest $(MANIFEST) --output $(OUT)
+	$(PYTHON) infer.py --merge $(SHARDS) --manifest $(MANIFEST) --output $(OUT) $(ARGS)
 
 report: $(INSTALL)
 	$(if $(SCORES),,$(error SCORES=path/to/scores.jsonl is required (written by make score)))
 	$(PYTHON) report.py --scores $(SCORES) $(call opt,--manifest,$(MANIFEST_FOR_REPORT)) \
-		$(call opt,--data-root,$(DATA_ROOT)) --top $(or $(TOP),50) --output $(or $(OUT),report.html)
+		$(call opt,--data-root,$(DATA_ROOT)) $(call opt,--labels,$(LABELS)) $(call opt,--selection,$(SELECTION)) \
+		$(call opt,--bottom,$(BOTTOM)) --top $(or $(TOP),50) --output $(or $(OUT),$(dir $(SCORES))report.html) $(ARGS)
 
-.PHONY: select similar
 select: $(INSTALL)
 	$(if $(SCORES),,$(error SCORES=path/to/scores.jsonl is required (written by make score)))
 	$(PYTHON) selection.py select --scores $(SCORES) --config $(CONFIG) $(call opt,--manifest,$(MANIFEST_FOR_REPORT)) \
 		$(call opt,--data-root,$(DATA_ROOT)) $(call opt,--labels,$(LABELS)) $(call opt,--top,$(TOP)) \
-		--output $(or $(OUT),selection.jsonl) $(ARGS)
+		--output $(or $(OUT),$(dir $(SCORES))selection.jsonl) $(ARGS)
 
 similar: $(INSTALL)
 	$(if $(SCORES),,$(error SCORES=path/to/scores.jsonl is required (written by make score)))
 	$(if $(CLIP),,$(error CLIP=clip_id is required (a clip_id from SCORES)))
 	$(PYTHON) selection.py similar --scores $(SCORES) --config $(CONFIG) --clip '$(CLIP)' $(call opt,--k,$(K)) \
-		--output $(or $(OUT),similar.jsonl) $(ARGS)
+		--output $(or $(OUT),$(dir $(SCORES))similar.jsonl) $(ARGS)
 
 test: $(INSTALL)
 	$(PYTHON) -m pytest -q tests $(ARGS)
 
+walk-readme: $(INSTALL)
+	$(PYTHON) tests/readme_examples.py $(ARGS)
+
 bench: $(INSTALL)
-	$(PYTHON) bench.py $(BENCH_ARGS)
+	$(PYTHON) bench.py $(BENCH_ARGS) $(ARGS)
 
 clean:
 	rm -rf .venv .pytest_cache __pycache__ tests/__pycache__

@@ -15,10 +15,13 @@ nuscenes: reads VERSION/{scene,sample,sample_data,calibrated_sensor,sensor}.json
   pass --data-root DATAROOT (DATA_ROOT=) to check/train/eval/infer unless the manifest is written into it.
   Frames listed in the tables but missing on disk are counted and the clips that need them are left out.
 frames: one sub-folder per scene under --frames-dir, holding images directly or in per-camera sub-folders;
-  frames sort naturally (frame_2 before frame_10); frame_paths are relative to the manifest's own folder.
+  frames sort naturally (frame_2 before frame_10); frame_paths are relative to the manifest's own folder,
+  computed from the paths as given (symlinks are kept, never resolved), or absolute where no relative path
+  from the manifest's folder reaches the frame.
 Splits: --split for all clips; else the official split where vendored here (the v1.0-mini lists, and `test` for
-  v1.0-test); else a seeded 80/20 train/val split by scene. The official v1.0-trainval lists (850 scenes) are
-  not vendored: trainval scenes get the seeded split.
+  v1.0-test); else a seeded split by whole scenes: round(20%) of those scenes go to val, at least one when there
+  are two or more, so with few scenes the clip counts are far from 80/20 (the summary says what was drawn). The
+  official v1.0-trainval lists (850 scenes) are not vendored: trainval scenes get the seeded split.
 check: prints a summary, `warning: file:line: what` and `error: file:line: what` lines; exit 1 on any error.
 """
 import argparse
@@ -370,8 +373,9 @@ def cut(sequences, frames, stride):
             yield seq, start, seq["items"][start:start + frames]
 
 
-def write_manifest(path, rows, splits_of):
-    """Write rows atomically, filling each row's split from splits_of(scene); print the one-line summary."""
+def write_manifest(path, rows, splits_of, rules=()):
+    """Write rows atomically, filling each row's split from splits_of(scene); print a summary line, then one
+    `splits: ...` line per rule (how the splits were chosen)."""
     if not rows:
         raise cli.UserError(f"{path}: no clips to write (see the warnings above); lower --frames or add data")
     for row in rows:
@@ -385,12 +389,25 @@ def write_manifest(path, rows, splits_of):
     splits = Counter(r["split"] for r in rows)
     print(f"wrote {len(rows)} clips to {path}: {len({r['scene_id'] for r in rows})} scenes, "
           f"{len({r['camera'] for r in rows})} cameras, " + ", ".join(f"{k} {v}" for k, v in sorted(splits.items())))
+    for rule in rules:
+        print(f"splits: {rule}")
 
 
-def split_chooser(fixed, official, scenes, seed):
-    """scene -> split: --split when given, else the official split, else the seeded one."""
-    seeded = seeded_splits([s for s in scenes if s not in official], seed)
-    return lambda scene: fixed or official.get(scene) or seeded[scene]
+def split_chooser(fixed, official, scenes, seed, official_name="official"):
+    """(scene -> split, what the rule was in words): --split when given, else the official split, else the
+    seeded one by whole scenes."""
+    if fixed:
+        return (lambda scene: fixed), [f"every clip {fixed} (--split {fixed})"]
+    free = sorted(s for s in scenes if s not in official)
+    seeded = seeded_splits(free, seed)
+    parts = []
+    if len(free) < len(scenes):
+        parts.append(f"{len(scenes) - len(free)} scene(s) by the {official_name} split")
+    if free:
+        n_val = sum(v == "val" for v in seeded.values())
+        parts.append(f"seed {seed} drew {n_val} of {len(free)} scenes as val (20% rounded, at least 1 of 2 or more); "
+                     f"clips go with their scene")
+    return (lambda scene: official.get(scene) or seeded[scene]), parts
 
 
 # ---- nuScenes ----
@@ -496,7 +513,8 @@ def nuscenes_manifest(args):
     official = MINI_SPLITS if args.version == "v1.0-mini" else {}
     if args.version == "v1.0-test":
         official = {s["name"]: "test" for s in tables["scene"]}
-    write_manifest(args.output, rows, split_chooser(args.split, official, {r["scene_id"] for r in rows}, args.seed))
+    write_manifest(args.output, rows, *split_chooser(args.split, official, {r["scene_id"] for r in rows}, args.seed,
+                                                     f"official {args.version}"))
     if Path(args.output).resolve().parent != Path(args.dataroot).resolve():
         print(f"frame paths are relative to {args.dataroot}: pass DATA_ROOT={args.dataroot} "
               f"(--data-root) to make check, train, eval and infer")
@@ -526,6 +544,30 @@ def folder_sequences(frames_dir):
             yield {"scene": scene.name, "camera": cam.name, "label": str(cam), "items": images_in(cam)}
 
 
+def manifest_path(frame, out_dir):
+    """How a manifest in `out_dir` records `frame`: relative to out_dir, computed from both paths as the user
+    gave them (made absolute, symlinks kept: resolving them made paths climb to / and back down the link's
+    target). Absolute, as given, when the two share nothing but the filesystem root, or when no relative path
+    leads from out_dir to the same file (an out_dir reached through a symlink, where `..` leaves its target)."""
+    absolute = os.path.abspath(frame)
+    try:
+        common = os.path.commonpath([absolute, out_dir])
+    except ValueError:  # Windows: another drive
+        common = None
+    if common is None or common == os.path.dirname(common):
+        return absolute.replace(os.sep, "/")
+    rel = os.path.relpath(absolute, out_dir)
+    existing = out_dir  # out_dir may not exist yet: its nearest existing folder decides where `..` leads
+    while not os.path.isdir(existing):
+        existing = os.path.dirname(existing)
+    check = os.path.relpath(absolute, existing)
+    for base in (existing, os.path.realpath(existing)):  # readers may resolve the manifest's folder first
+        target = os.path.join(base, check)
+        if not (os.path.exists(target) and os.path.samefile(target, absolute)):
+            return absolute.replace(os.sep, "/")
+    return rel.replace(os.sep, "/")
+
+
 def frames_manifest(args):
     """`frames` command: scene (and camera) folders -> clips -> --output."""
     check_window(args.frames, args.stride)
@@ -533,15 +575,15 @@ def frames_manifest(args):
     if not seqs:  # often FRAMES_DIR pointing at one scene's images instead of at the folder of scenes
         raise cli.UserError(f"{args.frames_dir}: no scene sub-folders; expected FRAMES_DIR/SCENE/*.jpg "
                              f"or FRAMES_DIR/SCENE/CAMERA/*.jpg")
-    out_dir = Path(args.output).resolve().parent
+    out_dir = os.path.dirname(os.path.abspath(args.output))
     rows = []
     for seq, start, window in cut(seqs, args.frames, args.stride):
         # Paths relative to the manifest's folder, which jepa resolves against by default: no DATA_ROOT needed.
         # No `timestamps`: file names carry no timing, and invented ones would pass for real microseconds.
         rows.append({"clip_id": f"{seq['scene']}__{seq['camera']}__{start:06d}", "split": None,
                      "scene_id": seq["scene"], "camera": seq["camera"],
-                     "frame_paths": [os.path.relpath(p.resolve(), out_dir).replace(os.sep, "/") for p in window]})
-    write_manifest(args.output, rows, split_chooser(args.split, {}, {r["scene_id"] for r in rows}, args.seed))
+                     "frame_paths": [manifest_path(p, out_dir) for p in window]})
+    write_manifest(args.output, rows, *split_chooser(args.split, {}, {r["scene_id"] for r in rows}, args.seed))
 
 
 # ---- check ----

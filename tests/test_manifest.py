@@ -183,6 +183,7 @@ def test_partial_download_skips_clips_and_reports_counts(nusc, tmp_path, capsys)
         f"e.g. {gone}; skipped 1 clip(s) that need them"]
     assert stdout == [
         f"wrote 5 clips to {out}: 2 scenes, 1 cameras, train 2, val 3",
+        "splits: 2 scene(s) by the official v1.0-mini split",
         f"frame paths are relative to {root}: pass DATA_ROOT={root} (--data-root) to make check, train, eval and infer"]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["timestamps"][0] for r in rows[:2]] == [FRONT_0061[0], FRONT_0061[6]]
@@ -241,7 +242,9 @@ def test_frame_folders_natural_sort_and_short_scenes(drives, tmp_path, capsys):
     assert stderr == [
         f"warning: {drives / 'drive_b' / 'CAM_LEFT'}: 2 frame(s), fewer than --frames 4; no clip",
         f"warning: {drives / 'drive_c'}: 1 frame(s), fewer than --frames 4; no clip"]
-    assert stdout == [f"wrote 4 clips to {out}: 2 scenes, 2 cameras, train 1, val 3"]
+    assert stdout == [f"wrote 4 clips to {out}: 2 scenes, 2 cameras, train 1, val 3",
+                      "splits: seed 0 drew 1 of 2 scenes as val (20% rounded, at least 1 of 2 or more); "
+                      "clips go with their scene"]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     split = {"drive_a": "val", "drive_b": "train"}
     expect = [{"clip_id": f"drive_a__unknown__{s:06d}", "split": "val", "scene_id": "drive_a", "camera": "unknown",
@@ -255,6 +258,64 @@ def test_frame_folders_natural_sort_and_short_scenes(drives, tmp_path, capsys):
     code, _, stderr = manifest_cli(capsys, "frames", "--frames-dir", drives / "drive_a", "--output", out)  # one scene's images
     assert (code, stderr) == (2, [f"error: {drives / 'drive_a'}: no scene sub-folders; expected "
                                   f"FRAMES_DIR/SCENE/*.jpg or FRAMES_DIR/SCENE/CAMERA/*.jpg"])
+
+
+def test_frame_paths_keep_symlinks_as_given(tmp_path, capsys):
+    """A frames folder reached through a symlink: paths go through the link as given, never through its
+    resolved target (which made them climb to / and down again), and they still resolve from the manifest."""
+    real = tmp_path / "mnt" / "disk1" / "datasets" / "drives"
+    for scene in ("a", "b"):
+        for i in range(4):
+            jpeg(real / scene / f"f{i}.jpg")
+    (tmp_path / "work" / "shared").mkdir(parents=True)
+    (tmp_path / "work" / "shared" / "drives").symlink_to(real)
+    project = tmp_path / "work" / "project"
+    project.mkdir()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(project)  # as `make manifest FRAMES_DIR=../shared/drives` runs it
+        code, stdout, _ = cli(capsys, "frames", "--frames-dir", "../shared/drives", "--frames", 2, "--stride", 2,
+                              "--output", "data/m.jsonl")
+    assert code == 0
+    rows = [json.loads(line) for line in (project / "data" / "m.jsonl").read_text().splitlines()]
+    assert rows[0]["frame_paths"] == ["../../shared/drives/a/f0.jpg", "../../shared/drives/a/f1.jpg"]
+    assert not any("mnt" in f for r in rows for f in r["frame_paths"])
+    code, stdout, stderr = cli(capsys, "check", "--manifest", project / "data" / "m.jsonl")
+    assert (code, stdout[-1], stderr) == (0, "OK: no errors, 0 warning(s)", [])
+
+
+def test_frame_paths_are_absolute_where_no_relative_path_works(tmp_path, capsys):
+    """The manifest's folder is itself a symlink elsewhere, so `..` from it leaves the link's target: a relative
+    path would point at nothing, so the frame's absolute path (symlinks kept) is written instead."""
+    frames = tmp_path / "frames"
+    for i in range(2):
+        jpeg(frames / "s" / f"{i}.jpg")
+    (tmp_path / "deep" / "er").mkdir(parents=True)
+    (tmp_path / "out").symlink_to(tmp_path / "deep" / "er")
+    out = tmp_path / "out" / "m.jsonl"
+    code, _, _ = cli(capsys, "frames", "--frames-dir", frames, "--frames", 2, "--output", out)
+    assert code == 0
+    [row] = [json.loads(line) for line in out.read_text().splitlines()]
+    assert row["frame_paths"] == [str(frames / "s" / f"{i}.jpg") for i in range(2)]
+    assert cli(capsys, "check", "--manifest", out)[0] == 0
+
+
+def test_split_rule_is_said_for_few_scenes(tmp_path, capsys):
+    """Seeded splits go by whole scenes: 20% of the scenes rounded, at least one of two or more. The summary
+    says so, since clip counts can then be far from 80/20."""
+    frames = tmp_path / "drives"
+    for s, n in enumerate((2, 2, 8)):  # 3 scenes: round(0.6) = 1 scene to val
+        for i in range(n):
+            jpeg(frames / f"s{s}" / f"{i}.jpg")
+    out = tmp_path / "m.jsonl"
+    code, stdout, _ = cli(capsys, "frames", "--frames-dir", frames, "--frames", 2, "--stride", 2, "--output", out)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    val_scenes = {r["scene_id"] for r in rows if r["split"] == "val"}
+    assert code == 0 and len(val_scenes) == 1
+    assert stdout[1] == ("splits: seed 0 drew 1 of 3 scenes as val (20% rounded, at least 1 of 2 or more); "
+                         "clips go with their scene")
+    code, stdout, _ = cli(capsys, "frames", "--frames-dir", frames, "--frames", 2, "--stride", 2, "--split", "test",
+                          "--output", out)
+    assert stdout == [f"wrote 6 clips to {out}: 3 scenes, 1 cameras, test 6", "splits: every clip test (--split test)"]
 
 
 def test_natural_key():
