@@ -11,8 +11,9 @@ It writes synthetic dashcam-like clips to data/demo/:
   fleet_labels.jsonl, 0 for the others;
 - tiny-vjepa2/: a tiny randomly initialised V-JEPA 2, saved with save_pretrained.
 Then it runs the real commands into experiments/demo/: train.py on train.jsonl, eval.py on fleet.jsonl with the
-labels (the trained head against the masked_gap and random baselines, and a one-line verdict), infer.py and
-report.py on fleet.jsonl, and prints the 5 most novel clips and where the planted ones rank.
+labels (the trained head against the masked_gap and random baselines, and a one-line verdict), infer.py,
+selection.py select (a diverse top 6, near-duplicates folded) and report.py (with the labels and the selection)
+on fleet.jsonl, and prints the 5 most novel clips and where the planted ones rank.
 
 What it shows: the pipeline runs end to end, and a head trained on ordinary clips scores clips whose embeddings
 leave that distribution as more novel. What it does not show: anything about real footage. The encoder is
@@ -286,8 +287,9 @@ def main():
     for rank, clip_id in enumerate(found["order"][:5], 1):
         print(f"  {rank}. {clip_id}" + ("  (planted)" if clip_id in ranks else ""))
     print(f"the planted clips rank {', '.join(str(r) for r in sorted(ranks.values()))} of {n}\n{found['verdict']}")
-    print(f"\noutputs in {run_dir}/:\n  best.pt, metrics.jsonl, eval.json, scores.jsonl, report.html (top 6, "
-          f"bottom 6); done in {time.time() - t0:.0f} s")
+    print(f"\noutputs in {run_dir}/:\n  best.pt, metrics.jsonl, eval.json, scores.jsonl (+ .emb.npy), "
+          f"selection.jsonl/.csv (a diverse top 6), report.html (top 6, bottom 6, the selection pre-checked); "
+          f"done in {time.time() - t0:.0f} s")
 
 
 if __name__ == "__main__":
