@@ -213,7 +213,8 @@ def hub_reachable(timeout=3.0):
 
     def probe():
         try:
-            urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
+            opener = urllib.request.build_opener()  # a fresh ProxyHandler reads the proxy variables now
+            opener.open(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
             answered.append(True)
         except urllib.error.HTTPError:  # 401, 404, ...: the hub (or proxy) answered
             answered.append(True)

@@ -12,6 +12,7 @@ pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is no
 
 # the variables each script target cannot do without (its command refuses to print otherwise)
 REQUIRED = {"manifest": ["FRAMES_DIR=drives"], "report": ["SCORES=runs/b/scores.jsonl"],
+            "select": ["SCORES=runs/b/scores.jsonl"], "similar": ["SCORES=runs/b/scores.jsonl", "CLIP=c1"],
             "merge": ["SHARDS=a.jsonl b.jsonl", "OUT=s.jsonl"]}
 
 
@@ -37,7 +38,8 @@ def script_targets():
 
 def test_every_script_target_passes_args():
     targets = script_targets()
-    assert {"demo", "manifest", "check", "train", "eval", "score", "merge", "report", "test", "bench"} <= set(targets)
+    assert {"demo", "manifest", "check", "train", "eval", "score", "merge", "report", "select", "similar", "test",
+            "bench"} <= set(targets)
     for target in targets:
         out = dry_run(target, *REQUIRED.get(target, []), "ARGS=--zz-marker 7")
         assert "--zz-marker 7" in out, f"make {target} drops ARGS:\n{out}"
@@ -84,3 +86,10 @@ def test_help_fits_and_names_the_defaults():
     assert any("eval.json beside CKPT" in ln for ln in lines)
     assert any("scores.jsonl beside CKPT" in ln for ln in lines)
     assert any("report.html beside SCORES" in ln for ln in lines)
+
+
+def test_select_similar_and_report_write_next_to_the_scores():
+    for target, extra, name in (("select", [], "selection.jsonl"), ("similar", ["CLIP=c1"], "similar.jsonl"),
+                                ("report", [], "report.html")):
+        out = dry_run(target, "SCORES=runs/b/scores.jsonl", *extra)
+        assert f"--output runs/b/{name}" in out, out

@@ -273,13 +273,13 @@ def test_frame_paths_keep_symlinks_as_given(tmp_path, capsys):
     project.mkdir()
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(project)  # as `make manifest FRAMES_DIR=../shared/drives` runs it
-        code, stdout, _ = cli(capsys, "frames", "--frames-dir", "../shared/drives", "--frames", 2, "--stride", 2,
+        code, stdout, _ = manifest_cli(capsys, "frames", "--frames-dir", "../shared/drives", "--frames", 2, "--stride", 2,
                               "--output", "data/m.jsonl")
     assert code == 0
     rows = [json.loads(line) for line in (project / "data" / "m.jsonl").read_text().splitlines()]
     assert rows[0]["frame_paths"] == ["../../shared/drives/a/f0.jpg", "../../shared/drives/a/f1.jpg"]
     assert not any("mnt" in f for r in rows for f in r["frame_paths"])
-    code, stdout, stderr = cli(capsys, "check", "--manifest", project / "data" / "m.jsonl")
+    code, stdout, stderr = manifest_cli(capsys, "check", "--manifest", project / "data" / "m.jsonl")
     assert (code, stdout[-1], stderr) == (0, "OK: no errors, 0 warning(s)", [])
 
 
@@ -292,11 +292,11 @@ def test_frame_paths_are_absolute_where_no_relative_path_works(tmp_path, capsys)
     (tmp_path / "deep" / "er").mkdir(parents=True)
     (tmp_path / "out").symlink_to(tmp_path / "deep" / "er")
     out = tmp_path / "out" / "m.jsonl"
-    code, _, _ = cli(capsys, "frames", "--frames-dir", frames, "--frames", 2, "--output", out)
+    code, _, _ = manifest_cli(capsys, "frames", "--frames-dir", frames, "--frames", 2, "--output", out)
     assert code == 0
     [row] = [json.loads(line) for line in out.read_text().splitlines()]
     assert row["frame_paths"] == [str(frames / "s" / f"{i}.jpg") for i in range(2)]
-    assert cli(capsys, "check", "--manifest", out)[0] == 0
+    assert manifest_cli(capsys, "check", "--manifest", out)[0] == 0
 
 
 def test_split_rule_is_said_for_few_scenes(tmp_path, capsys):
@@ -307,13 +307,13 @@ def test_split_rule_is_said_for_few_scenes(tmp_path, capsys):
         for i in range(n):
             jpeg(frames / f"s{s}" / f"{i}.jpg")
     out = tmp_path / "m.jsonl"
-    code, stdout, _ = cli(capsys, "frames", "--frames-dir", frames, "--frames", 2, "--stride", 2, "--output", out)
+    code, stdout, _ = manifest_cli(capsys, "frames", "--frames-dir", frames, "--frames", 2, "--stride", 2, "--output", out)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     val_scenes = {r["scene_id"] for r in rows if r["split"] == "val"}
     assert code == 0 and len(val_scenes) == 1
     assert stdout[1] == ("splits: seed 0 drew 1 of 3 scenes as val (20% rounded, at least 1 of 2 or more); "
                          "clips go with their scene")
-    code, stdout, _ = cli(capsys, "frames", "--frames-dir", frames, "--frames", 2, "--stride", 2, "--split", "test",
+    code, stdout, _ = manifest_cli(capsys, "frames", "--frames-dir", frames, "--frames", 2, "--stride", 2, "--split", "test",
                           "--output", out)
     assert stdout == [f"wrote 6 clips to {out}: 3 scenes, 1 cameras, test 6", "splits: every clip test (--split test)"]
 
