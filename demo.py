@@ -102,8 +102,8 @@ def scene_look(rng):
     """Random but ordinary looks of one drive: horizon, sky brightness, verge and asphalt colour, road width, speed."""
     light = rng.uniform(0.8, 1.2)
     return {"horizon": rng.uniform(0.38, 0.5), "sky": [110 * light, 160 * light, 220 * light],
-            "verge": [70 + rng.uniform(-15, 15), 130 + rng.uniform(-20, 20), 60], "road": rng.uniform(0.35, 0.5),
-            "asphalt": rng.uniform(80, 110), "speed": rng.uniform(1, 4)}
+            "verge": [70 + rng.uniform(-15, 15), 130 + rng.uniform(-20, 20), 60],
+            "road": rng.uniform(0.35, 0.5), "asphalt": rng.uniform(80, 110), "speed": rng.uniform(1, 4)}
 
 
 def drive_background(look):
@@ -207,15 +207,15 @@ def steps(data, run_dir, encoder, seed, epochs):
     """(script, arguments) of the demo's commands, in order."""
     enc, ckpt, scores = ["--encoder", str(encoder)], str(run_dir / "best.pt"), str(run_dir / "scores.jsonl")
     selection = str(run_dir / "selection.jsonl")
-    return [("train.py", ["--manifest", str(data["train"]), "--run-dir", str(run_dir), "--epochs", str(epochs),
-                          "--seed", str(seed), *enc]),
-            ("eval.py", ["--checkpoint", ckpt, "--manifest", str(data["fleet"]), "--labels", str(data["labels"]),
-                         "--output", str(run_dir / "eval.json"), *enc]),
+    return [("train.py", ["--manifest", str(data["train"]), "--run-dir", str(run_dir), "--epochs",
+                          str(epochs), "--seed", str(seed), *enc]),
+            ("eval.py", ["--checkpoint", ckpt, "--manifest", str(data["fleet"]), "--labels",
+                         str(data["labels"]), "--output", str(run_dir / "eval.json"), *enc]),
             ("infer.py", ["--checkpoint", ckpt, "--manifest", str(data["fleet"]), "--output", scores, *enc]),
             ("selection.py", ["select", "--scores", scores, "--manifest", str(data["fleet"]), "--labels",
                               str(data["labels"]), "--top", "6", "--output", selection]),
-            ("report.py", ["--scores", scores, "--manifest", str(data["fleet"]), "--labels", str(data["labels"]),
-                           "--selection", selection, "--top", "6", "--bottom", "6",
+            ("report.py", ["--scores", scores, "--manifest", str(data["fleet"]), "--labels",
+                           str(data["labels"]), "--selection", selection, "--top", "6", "--bottom", "6",
                            "--output", str(run_dir / "report.html")])]
 
 
@@ -226,11 +226,13 @@ def verdict(ranking):
         return "verdict: no positive labels, so there is nothing to rank"
     t, g, r = ap["trained"], ap["masked_gap"], ap["random"]
     if t > g and t > r:
-        return f"verdict: the trained head ranks the planted clips best (AP {t:.3f}; masked_gap {g:.3f}, random {r:.3f})"
+        return ("verdict: the trained head ranks the planted clips best "
+                f"(AP {t:.3f}; masked_gap {g:.3f}, random {r:.3f})")
     if t > r:
-        return (f"verdict: the trained head beats random (AP {t:.3f} vs {r:.3f}) but not masked_gap ({g:.3f}): "
-                f"training did not help")
-    return f"verdict: the trained head is no better than random (AP {t:.3f} vs {r:.3f}): it missed the planted clips"
+        return (f"verdict: the trained head beats random (AP {t:.3f} vs {r:.3f}) but not masked_gap "
+                f"({g:.3f}): training did not help")
+    return (f"verdict: the trained head is no better than random (AP {t:.3f} vs {r:.3f}): "
+            "it missed the planted clips")
 
 
 def ranks_of(scores_path, clip_ids):
@@ -257,7 +259,8 @@ def run_demo(data_dir, run_dir, seed=42, epochs=8, step=run_subprocess):
     ranking = json.loads((run_dir / "eval.json").read_text())["ranking"]
     line = verdict(ranking)
     print(line, flush=True)
-    for script, args in commands[2:]:  # infer, select (a diverse top 6), report (with the selection and labels)
+    # infer, select (a diverse top 6), report (with the selection and labels)
+    for script, args in commands[2:]:
         step(script, args)
     ranks, order = ranks_of(run_dir / "scores.jsonl", data["planted"])
     return {"ranking": ranking, "verdict": line, "planted": data["planted"], "ranks": ranks, "order": order}
@@ -265,7 +268,8 @@ def run_demo(data_dir, run_dir, seed=42, epochs=8, step=run_subprocess):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-only", action="store_true", help="only write data/demo (clips, labels, encoder), run nothing")
+    p.add_argument("--data-only", action="store_true",
+                   help="only write data/demo (clips, labels, encoder), run nothing")
     p.add_argument("--epochs", type=int, default=8, help="training epochs for the demo run")
     p.add_argument("--seed", type=int, help="seed of the synthetic data, the tiny encoder and training "
                                             "(default: seed in config.yaml)")
@@ -286,10 +290,11 @@ def main():
     print("\n5 most novel clips of fleet.jsonl (planted = has the red block):")
     for rank, clip_id in enumerate(found["order"][:5], 1):
         print(f"  {rank}. {clip_id}" + ("  (planted)" if clip_id in ranks else ""))
-    print(f"the planted clips rank {', '.join(str(r) for r in sorted(ranks.values()))} of {n}\n{found['verdict']}")
+    print(f"the planted clips rank {', '.join(str(r) for r in sorted(ranks.values()))} of "
+          f"{n}\n{found['verdict']}")
     print(f"\noutputs in {run_dir}/:\n  best.pt, metrics.jsonl, eval.json, scores.jsonl (+ .emb.npy), "
-          f"selection.jsonl/.csv (a diverse top 6), report.html (top 6, bottom 6, the selection pre-checked); "
-          f"done in {time.time() - t0:.0f} s")
+          "selection.jsonl/.csv (a diverse top 6), report.html (top 6, bottom 6, the selection "
+          f"pre-checked); done in {time.time() - t0:.0f} s")
 
 
 if __name__ == "__main__":

@@ -29,8 +29,8 @@ from tqdm import tqdm
 import cli
 from manifest import id_hash, scan_manifest
 
-IDENTITY = ("checkpoint_sha256", "manifest_fingerprint", "frames_base", "encoder_fingerprint", "shard", "aggregate",
-            "embed_dim")
+IDENTITY = ("checkpoint_sha256", "manifest_fingerprint", "frames_base", "encoder_fingerprint", "shard",
+            "aggregate", "embed_dim")
 SYNC_EVERY_S = 10  # fsync the output this often: a machine crash loses at most this much work
 
 
@@ -72,8 +72,8 @@ def shard_from_environment(env):
             return parse_shard(f"{(int(env['SLURM_ARRAY_TASK_ID']) - low) // step}/{count}")
         if "JOB_COMPLETION_INDEX" in env:
             if "JOB_COMPLETIONS" not in env:
-                raise cli.UserError("--shard auto: JOB_COMPLETION_INDEX is set but JOB_COMPLETIONS is not; set it "
-                                     "to the Job's spec.completions (see docs/k8s_score_job.yaml)")
+                raise cli.UserError("--shard auto: JOB_COMPLETION_INDEX is set but JOB_COMPLETIONS is not; "
+                                     "set it to the Job's spec.completions (see docs/k8s_score_job.yaml)")
             return parse_shard(f"{int(env['JOB_COMPLETION_INDEX'])}/{int(env['JOB_COMPLETIONS'])}")
     except (KeyError, ValueError) as e:
         raise cli.UserError(f"--shard auto: the array job's environment is incomplete or not numbers ({e})")
@@ -143,8 +143,9 @@ class ScoresOutput:
             raise cli.UserError(f"{self.meta}: corrupt; pass --overwrite to start over")
         diff = [k for k in IDENTITY if old.get(k) != meta.get(k)]
         if diff:
-            raise cli.UserError(f"{self.out} was written with another {', '.join(diff)} ({old.get('checkpoint')}, "
-                                 f"{old.get('manifest')}); pass --overwrite to start over or choose another --output")
+            raise cli.UserError(f"{self.out} was written with another {', '.join(diff)} "
+                                 f"({old.get('checkpoint')}, {old.get('manifest')}); pass --overwrite to "
+                                 "start over or choose another --output")
 
     def keep_complete(self, clips):
         """Cut an earlier run's output back to the lines that are complete, match the clips' order and have
@@ -206,7 +207,8 @@ def write_scores(output, scorer, clips, done, failed):
                 os.fsync(lines.fileno())
                 os.fsync(emb.fileno())
 
-            for clip in tqdm(scorer.score(todo), total=len(todo), unit="clip", mininterval=2, file=sys.stderr):
+            for clip in tqdm(scorer.score(todo), total=len(todo), unit="clip", mininterval=2,
+                             file=sys.stderr):
                 emb.write(nan_row if clip.error else clip.clip_emb.numpy().astype("<f4").tobytes())
                 lines.write(result_line(todo[clip.index], clip, aggregate))
                 emb.flush()
@@ -215,7 +217,8 @@ def write_scores(output, scorer, clips, done, failed):
                 if time.time() - synced > SYNC_EVERY_S:
                     sync()
                     synced = time.time()
-                cli.kill_hook_for_tests("infer_line", rows)  # test hook: no-op unless JEPA_TEST_KILL_AT is set
+                # test hook: no-op unless JEPA_TEST_KILL_AT is set
+                cli.kill_hook_for_tests("infer_line", rows)
             sync()
     except OSError as e:
         raise cli.UserError(f"cannot write {output.out}: {e.strerror or e}; free space, then rerun the same "
@@ -242,9 +245,9 @@ def score_locked(args, out, shard):
     meta = {"checkpoint": str(args.checkpoint), "encoder": scorer.config["model"]["encoder_name"],
             "manifest": str(args.manifest), "shard": args.shard and f"{shard[0]}/{shard[1]}",
             "aggregate": scorer.config["evaluation"]["aggregate"],
-            "tubelet_size": scorer.config["data"]["tubelet_size"], "embed_dim": dim, "frames_base": clips.base,
-            "checkpoint_sha256": cli.file_sha256(args.checkpoint), "manifest_fingerprint": clips.fingerprint,
-            "encoder_fingerprint": scorer.encoder.fingerprint}
+            "tubelet_size": scorer.config["data"]["tubelet_size"], "embed_dim": dim,
+            "frames_base": clips.base, "checkpoint_sha256": cli.file_sha256(args.checkpoint),
+            "manifest_fingerprint": clips.fingerprint, "encoder_fingerprint": scorer.encoder.fingerprint}
     output = ScoresOutput(out, dim)
     done, failed = output.start(meta, args.overwrite, clips)
     if done:
@@ -290,7 +293,8 @@ class ShardReader:
                                  f"finish it")
         self.clip_id = parse_row(raw).get("clip_id")
         if not isinstance(self.clip_id, str):
-            raise cli.UserError(f"{self.path}:{self.number}: not a scores line (a JSON object with a clip_id)")
+            raise cli.UserError(f"{self.path}:{self.number}: "
+                                "not a scores line (a JSON object with a clip_id)")
         self.line = raw
         return self.clip_id
 
@@ -304,8 +308,8 @@ class ShardReader:
 def check_same_origin(readers):
     for key in ("checkpoint_sha256", "embed_dim", "encoder_fingerprint", "aggregate"):
         if len({json.dumps(r.meta.get(key)) for r in readers}) > 1:
-            raise cli.UserError(f"shards were scored with different {key.replace('_sha256', 's')}; rescore them "
-                                 f"with one")
+            raise cli.UserError(f"shards were scored with different {key.replace('_sha256', 's')}; rescore "
+                                 "them with one")
 
 
 def interleave(clips, readers, manifest):
@@ -365,7 +369,8 @@ def merge_locked(args, out):
     meta = {k: v for k, v in readers[0].meta.items() if k != "shard"}
     meta["manifest_fingerprint"] = clips.fingerprint
     cli.atomic_write_text(f"{out}.meta.json", json.dumps(dict(sorted(meta.items())), indent=1) + "\n")
-    print(f"merged {len(readers)} shards, {len(clips)} clips ({failed} failed) -> {out} (+ {out.name}.emb.npy)",
+    print(f"merged {len(readers)} shards, {len(clips)} clips ({failed} failed) -> {out} "
+          f"(+ {out.name}.emb.npy)",
           file=sys.stderr)
     return 1 if failed else 0
 

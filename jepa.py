@@ -99,7 +99,8 @@ class MaskTubelet:
         self.mask_ratio, self.patch_size, self.seed = mask_ratio, patch_size, seed
 
     def __call__(self, tubelet, clip_id, index):
-        return mask_tubelet(tubelet, self.mask_ratio, self.patch_size, tubelet_seed(self.seed, clip_id, index))
+        return mask_tubelet(tubelet, self.mask_ratio, self.patch_size,
+                            tubelet_seed(self.seed, clip_id, index))
 
 
 # ==================================================================================================
@@ -111,7 +112,8 @@ class TubeletSlice(NamedTuple):
     clip_index: int
     start: int
     is_last: bool                        # the clip's last slice
-    clean: Optional[torch.Tensor]        # (n, T, 3, S', S') processed pixels; uint8 (n, T, 3, S, S) unprocessed
+    # (n, T, 3, S', S') processed pixels; uint8 (n, T, 3, S, S) unprocessed
+    clean: Optional[torch.Tensor]
     masked: Optional[torch.Tensor]       # same shape: the seeded masked copies
     mask_frac: Optional[torch.Tensor]    # (n,) fraction of each tubelet's patches masked
     error: Optional[str]                 # why a frame could not be read (then the tensors are None)
@@ -160,7 +162,8 @@ class JEPADataset(torch.utils.data.Dataset):
         clean = torch.from_numpy(tubelets).permute(0, 1, 4, 2, 3)
         masked = torch.from_numpy(np.stack(masked)).permute(0, 1, 4, 2, 3)
         if self.processor is not None:
-            both = self.processor(list(torch.cat([clean, masked])), return_tensors="pt")["pixel_values_videos"]
+            both = self.processor(list(torch.cat([clean, masked])),
+                                  return_tensors="pt")["pixel_values_videos"]
             clean, masked = both[:len(clean)], both[len(clean):]
         return TubeletSlice(i, start, bool(stop == self.tubelets[i]), clean, masked,
                             torch.tensor(frac, dtype=torch.float32), None)
@@ -237,7 +240,8 @@ def load_encoder_parts(name):
     if not is_dir and (name.startswith((".", "/", "~")) or name.count("/") != 1):
         raise cli.UserError(f"encoder {name!r}: no such folder and not a hub id (org/name); {hint}")
     if is_dir and not os.path.isfile(os.path.join(name, "config.json")):
-        raise cli.UserError(f"encoder folder {name!r} has no config.json: not a Hugging Face model snapshot; {hint}")
+        raise cli.UserError(f"encoder folder {name!r} has no config.json: "
+                            f"not a Hugging Face model snapshot; {hint}")
     auto = (AutoConfig, AutoModel, AutoVideoProcessor)
     if not is_dir:
         try:  # the hub cache first: works offline without waiting for the hub client's retries
@@ -245,8 +249,8 @@ def load_encoder_parts(name):
         except OSError:
             pass
         if os.environ.get("HF_HUB_OFFLINE") == "1" or not hub_reachable():
-            raise cli.UserError(f"encoder {name!r}: not a local folder, not in the Hugging Face cache, and the hub "
-                            f"is unreachable; {hint} (HF_ENDPOINT and HTTPS_PROXY are honoured)")
+            raise cli.UserError(f"encoder {name!r}: not a local folder, not in the Hugging Face cache, and "
+                            f"the hub is unreachable; {hint} (HF_ENDPOINT and HTTPS_PROXY are honoured)")
     try:
         return _load_checked(name, *auto)
     except (OSError, ValueError) as e:
@@ -258,7 +262,8 @@ def _load_checked(name, AutoConfig, AutoModel, AutoVideoProcessor, **kwargs):
     kwargs["trust_remote_code"] = False  # a snapshot never runs its own code here
     config = AutoConfig.from_pretrained(name, **kwargs)
     if config.model_type != "vjepa2":
-        raise cli.UserError(f"encoder {name!r} is a {config.model_type!r} model, not V-JEPA 2 (model_type vjepa2)")
+        raise cli.UserError(f"encoder {name!r} is a {config.model_type!r} model, "
+                            "not V-JEPA 2 (model_type vjepa2)")
     model = AutoModel.from_pretrained(name, config=config, **kwargs)
     return model, AutoVideoProcessor.from_pretrained(name, **kwargs)
 
@@ -296,7 +301,8 @@ class VJEPAEncoder(nn.Module):
         if self._fingerprint is None:
             conf = {k: v for k, v in self.model.config.to_dict().items()
                     if k not in ("_name_or_path", "transformers_version", "dtype", "torch_dtype")}
-            proc = {k: getattr(self.processor, k, None) for k in ("crop_size", "size", "image_mean", "image_std")}
+            proc = {k: getattr(self.processor, k, None)
+                    for k in ("crop_size", "size", "image_mean", "image_std")}
             h = hashlib.sha256(json.dumps([conf, proc], sort_keys=True, default=str).encode())
             encoder = self.model.encoder
             for p in (encoder.embeddings.patch_embeddings.proj.weight, encoder.layernorm.weight):
@@ -321,7 +327,8 @@ class PredictorHead(nn.Module):
                                  nn.Linear(hidden_dim, embed_dim))
 
     def forward(self, masked_emb, mask_frac):
-        return self.mlp(torch.cat([self.norm(masked_emb), mask_frac.unsqueeze(1).to(masked_emb.dtype)], dim=1))
+        return self.mlp(torch.cat([self.norm(masked_emb), mask_frac.unsqueeze(1).to(masked_emb.dtype)],
+                                  dim=1))
 
 
 def jepa_loss(pred_emb, clean_emb):
@@ -538,9 +545,11 @@ def load_checkpoint(path):
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # UnpicklingError for unsafe pickles, RuntimeError/EOFError for torn or foreign files
-        raise cli.UserError(f"{path}: not a jepa-clips checkpoint (or one that would run code); refusing to load it")
+        raise cli.UserError(f"{path}: not a jepa-clips checkpoint "
+                            "(or one that would run code); refusing to load it")
     wrong = [k for k, kind in CHECKPOINT_TYPES.items()
-             if not isinstance(ckpt, dict) or not isinstance(ckpt.get(k), kind) or isinstance(ckpt.get(k), bool)]
+             if not isinstance(ckpt, dict) or not isinstance(ckpt.get(k), kind)
+             or isinstance(ckpt.get(k), bool)]
     if wrong:
         raise cli.UserError(f"{path}: not a jepa-clips checkpoint ({', '.join(wrong)} missing or malformed)")
     if ckpt["format_version"] > FORMAT_VERSION:
@@ -565,9 +574,9 @@ def head_from_checkpoint(ckpt, path, device="cpu"):
 def check_encoder_matches(ckpt, encoder, ckpt_path):
     """Refuse to pair a head with an encoder other than the one it was trained on."""
     if ckpt["embed_dim"] != encoder.embed_dim:
-        raise cli.UserError(f"{ckpt_path}: head expects {ckpt['embed_dim']}-d embeddings but encoder {encoder.name!r} "
-                        f"gives {encoder.embed_dim}-d; pass the training encoder ({ckpt['encoder_name']!r}) "
-                        f"with --encoder/ENCODER=")
+        raise cli.UserError(f"{ckpt_path}: head expects {ckpt['embed_dim']}-d embeddings but encoder "
+                        f"{encoder.name!r} gives {encoder.embed_dim}-d; pass the training encoder "
+                        f"({ckpt['encoder_name']!r}) with --encoder/ENCODER=")
     if ckpt["encoder_fingerprint"] != encoder.fingerprint:
         raise cli.UserError(f"{ckpt_path}: trained on encoder {ckpt['encoder_name']!r} (fingerprint "
                         f"{ckpt['encoder_fingerprint']}), but {encoder.name!r} has fingerprint "

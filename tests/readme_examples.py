@@ -65,7 +65,8 @@ def blocks(text):
     while i < len(lines):
         fence = re.match(r"^\s*```(\w*)\s*$", lines[i])
         if fence:
-            end = next((j for j in range(i + 1, len(lines)) if lines[j].strip().startswith("```")), len(lines))
+            end = next((j for j in range(i + 1, len(lines)) if lines[j].strip().startswith("```")),
+                       len(lines))
             if fence.group(1) in ("", "sh", "bash", "shell", "console"):
                 out.append((i + 2, [ln.removeprefix("$ ") for ln in lines[i + 1:end]]))
             i = end + 1
@@ -95,7 +96,8 @@ def commands(text):
                 k += 1
                 line = line[:-1].rstrip() + " " + body[k].strip()
             k += 1
-            if not line.strip() or (line.lstrip().startswith("#") and not line.lstrip().startswith("#SBATCH")):
+            if not line.strip() or (line.lstrip().startswith("#")
+                                    and not line.lstrip().startswith("#SBATCH")):
                 continue
             out.append((number, strip_comment(line.strip())))
     return out
@@ -172,14 +174,16 @@ def fake_nuscenes(root, keyframes=20):
         for k, s in enumerate(samples):
             ts = 1532402927000000 + n * 10**8 + k * 500000
             t["sample"].append({"token": s, "timestamp": ts, "scene_token": tok(scene),
-                                "prev": samples[k - 1] if k else "", "next": samples[k + 1] if k + 1 < keyframes else ""})
+                                "prev": samples[k - 1] if k else "",
+                                "next": samples[k + 1] if k + 1 < keyframes else ""})
             for c in cams:
                 name = f"samples/{c}/{scene}__{c}__{ts}.jpg"
                 jpeg(root / name, 40 + 5 * k)
                 t["sample_data"].append({
                     "token": tok(scene, c, k), "sample_token": s, "calibrated_sensor_token": tok("calib", c),
                     "timestamp": ts, "is_key_frame": True, "filename": name, "fileformat": "jpg",
-                    "prev": tok(scene, c, k - 1) if k else "", "next": tok(scene, c, k + 1) if k + 1 < keyframes else ""})
+                    "prev": tok(scene, c, k - 1) if k else "",
+                    "next": tok(scene, c, k + 1) if k + 1 < keyframes else ""})
     (root / "v1.0-mini").mkdir(parents=True, exist_ok=True)
     for name, rows in t.items():
         (root / "v1.0-mini" / f"{name}.json").write_text(json.dumps(rows))
@@ -246,7 +250,8 @@ def run_all(steps, paths, env, cwd, log=print):
             run = run.replace(literal, str(stand_in))
         left = PLACEHOLDER.search(run.replace("../shared", ""))
         if left:
-            status = f"FAIL: placeholder {left.group(0)!r} left; add it to SUBSTITUTIONS or SKIP in {__file__}"
+            status = (f"FAIL: placeholder {left.group(0)!r} left; "
+                      f"add it to SUBSTITUTIONS or SKIP in {__file__}")
             log(f"FAIL     README:{number}: {cmd}\n         {status}")
             results.append((number, cmd, status))
             continue
