@@ -6,10 +6,10 @@ Usage:
   make bench [BENCH_ARGS=--quick]
 
 Measures (same batch size throughout): gemm (fp32 GFLOP/s of a large matmul, the practical ceiling), encoder
-(get_vision_features of a ViT-L-sized V-JEPA 2 with random weights on ready tensors), pipeline (infer.py's real
-path on generated 1600x900 JPEGs), naive (the research notebook's one-tubelet-at-a-time loop), train (train.py
-wall time vs its encoding stage), fleet (1M-line manifests, merge, long clips: --only fleet) and decode (loader
-frames/s). Ratios, not absolute times, are what to compare: this machine is noisy.
+(get_vision_features of a ViT-L-sized V-JEPA 2 with random weights on ready tensors), pipeline (infer.py's
+real path on generated 1600x900 JPEGs), naive (the research notebook's one-tubelet-at-a-time loop), train
+(train.py wall time vs its encoding stage), fleet (1M-line manifests, merge, long clips: --only fleet) and
+decode (loader frames/s). Ratios, not absolute times, are what to compare: this machine is noisy.
 """
 import argparse
 import datetime
@@ -79,7 +79,8 @@ def make_manifest(folder, clips, frames, size=(1600, 900), distinct=None):
         if not path.exists():
             demo.road_frame(i, 1.5, 10, size=size).save(path, quality=90)
     rows = [{"clip_id": f"c{c:05d}", "scene_id": f"s{c % 7}", "camera": "CAM_FRONT",
-             "frame_paths": [f"f{(c * frames + f) % n_files:05d}.jpg" for f in range(frames)]} for c in range(clips)]
+             "frame_paths": [f"f{(c * frames + f) % n_files:05d}.jpg" for f in range(frames)]}
+            for c in range(clips)]
     manifest = folder / f"manifest_{clips}x{frames}.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return manifest
@@ -103,7 +104,8 @@ def bench_naive(encoder, head, manifest, cfg, limit):
             masked, mask = masker(tub, rec["clip_id"], k)
             clean_emb = encoder(encoder.process(torch.from_numpy(tub).permute(0, 3, 1, 2)[None]))
             masked_emb = encoder(encoder.process(torch.from_numpy(masked).permute(0, 3, 1, 2)[None]))
-            jepa.tubelet_cosines(head, clean_emb, masked_emb, torch.tensor([mask.mean()], dtype=torch.float32))
+            jepa.tubelet_cosines(head, clean_emb, masked_emb,
+                                 torch.tensor([mask.mean()], dtype=torch.float32))
             done += 1
             if done == limit:
                 return done / (time.perf_counter() - t0)
@@ -146,8 +148,9 @@ def fake_shards(folder, manifest, shards, dim):
     paths = []
     for i, ids in enumerate(rows):
         out = folder / f"shard-{i:03d}.jsonl"
-        out.write_text("".join(json.dumps({"clip_id": c, "scene": "s", "camera": "CAM_FRONT", "first_frame": "f",
-                                           "score": 0.5, "tubelet_scores": [0.5]}) + "\n" for c in ids))
+        out.write_text("".join(json.dumps({"clip_id": c, "scene": "s", "camera": "CAM_FRONT",
+                                           "first_frame": "f", "score": 0.5, "tubelet_scores": [0.5]}) + "\n"
+                               for c in ids))
         np.save(f"{out}.emb.npy", np.zeros((len(ids), dim), dtype="<f4"))
         Path(f"{out}.meta.json").write_text(json.dumps({"embed_dim": dim, "shard": f"{i}/{shards}"}))
         paths.append(out)
@@ -156,8 +159,8 @@ def fake_shards(folder, manifest, shards, dim):
 
 
 def bench_fleet(work, tiny, tiny_ckpt, q):
-    """memory/startup of a 1M-line manifest vs a 100-line one (100 clips scored each), merge of 100 shards, and
-    the RSS of one 1024-frame clip vs one 16-frame clip (num_workers=0)."""
+    """memory/startup of a 1M-line manifest vs a 100-line one (100 clips scored each), merge of 100 shards,
+    and the RSS of one 1024-frame clip vs one 16-frame clip (num_workers=0)."""
     res, big = {}, 100_000 if q else 1_000_000
     real = HERE.parent / "shared" / "realdata" / "frames"
     folder = work / "fleet"
@@ -181,15 +184,16 @@ def bench_fleet(work, tiny, tiny_ckpt, q):
     shards = fake_shards(folder, large, 100, jepa.VJEPAEncoder(str(tiny)).embed_dim)
     print(f"wrote 100 shards in {time.perf_counter() - t0:.0f}s", flush=True)
     res["merge_mb"], res["merge_s"] = run_measured(
-        [INFER, "--merge", *map(str, shards), "--manifest", str(large), "--output", str(folder / "merged.jsonl")])
+        [INFER, "--merge", *map(str, shards), "--manifest", str(large), "--output",
+         str(folder / "merged.jsonl")])
     print(f"merge: {res['merge_mb']:.0f} MB, {res['merge_s']:.1f}s", flush=True)
     frames = [f for f in make_manifest(work / "long", 1, 16).read_text().split('"') if f.endswith(".jpg")]
     for n in (16, 1024):
         m = work / "long" / f"clip{n}.jsonl"
         m.write_text(json.dumps({"clip_id": f"drive{n}", "frame_paths": (frames * 64)[:n]}) + "\n")
-        res[f"clip_{n}_mb"], _ = run_measured([INFER, "--checkpoint", str(tiny_ckpt), "--device", "cpu", "--set",
-                                               "data.num_workers=0", "--manifest", str(m), "--output",
-                                               str(work / "long" / f"s{n}.jsonl")])
+        res[f"clip_{n}_mb"], _ = run_measured([INFER, "--checkpoint", str(tiny_ckpt), "--device", "cpu",
+                                               "--set", "data.num_workers=0", "--manifest", str(m),
+                                               "--output", str(work / "long" / f"s{n}.jsonl")])
         print(f"one {n}-frame clip: {res[f'clip_{n}_mb']:.0f} MB", flush=True)
     res.update(memory_1m_over_100=res["fleet_big_mb"] / res["fleet_100_mb"],
                startup_1m_over_100=res["fleet_big_s"] / res["fleet_100_s"],
@@ -199,11 +203,13 @@ def bench_fleet(work, tiny, tiny_ckpt, q):
 
 def fleet_table(r):
     n = f"{r['fleet_lines'] // 1000}k" if r["fleet_lines"] < 1_000_000 else "1m"
-    rows = [(f"memory {n}", f"{r['fleet_big_mb']:.0f} MB ({n} lines, 100 scored) vs {r['fleet_100_mb']:.0f} MB (100)",
+    rows = [(f"memory {n}",
+             f"{r['fleet_big_mb']:.0f} MB ({n} lines, 100 scored) vs {r['fleet_100_mb']:.0f} MB (100)",
              f"memory_{n}_over_100 {r['memory_1m_over_100']:.2f}", "<= 1.10"),
             (f"startup {n}", f"{r['fleet_big_s']:.1f}s vs {r['fleet_100_s']:.1f}s",
              f"startup_{n}_over_100 {r['startup_1m_over_100']:.2f}", "<= 1.5"),
-            ("validation", f"{r['scan_s']:.1f}s to read and validate {n} lines (in the startup above)", "", ""),
+            ("validation", f"{r['scan_s']:.1f}s to read and validate {n} lines (in the startup above)",
+             "", ""),
             ("merge", f"100 shards, {r['fleet_lines']} clips: {r['merge_mb']:.0f} MB, {r['merge_s']:.1f}s",
              "peak RSS", "< 300 MB"),
             ("long clip", f"{r['clip_1024_mb']:.0f} MB (1024 frames) vs {r['clip_16_mb']:.0f} MB (16)",
@@ -218,7 +224,8 @@ def write_section(md, title, body):
     start = text.find(f"\n## {title}\n")
     end = text.find("\n## ", start + 1) if start >= 0 else -1
     section = f"\n## {title}\n\n{body.strip()}\n"
-    text = (text[:start] + section + (text[end:] if end >= 0 else "")) if start >= 0 else text.rstrip() + "\n" + section
+    text = ((text[:start] + section + (text[end:] if end >= 0 else "")) if start >= 0
+            else text.rstrip() + "\n" + section)
     Path(md).write_text(text)
 
 
@@ -227,9 +234,11 @@ def main():
     p.add_argument("--quick", action="store_true", help="reduced sizes: under two minutes on 2 CPU cores")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--json", help="also write the figures and ratios to this JSON file")
-    p.add_argument("--markdown", default=None, help="Markdown report (default BENCHMARKS.md; none with --quick)")
-    p.add_argument("--only", choices=["select", "fleet"], help="run one part only; select: make select/similar "
-                   "at scale; fleet: 1M-line manifests, merge, long clips (default: every part, these two last)")
+    p.add_argument("--markdown", default=None,
+                   help="Markdown report (default BENCHMARKS.md; none with --quick)")
+    p.add_argument("--only", choices=["select", "fleet"], help="run one part only; select: make "
+                   "select/similar at scale; fleet: 1M-line manifests, merge, long clips (default: every "
+                   "part, these two last)")
     args = p.parse_args()
     if args.only == "select":
         return bench_select_section(args)
@@ -241,7 +250,8 @@ def main():
     clips, frames = (1, 4) if q else (6, 16)
     res = {"device": str(device), "batch_tubelets": batch, "quick": q, "cpus": os.cpu_count(),
            "torch_threads": torch.get_num_threads(), "date": datetime.date.today().isoformat(),
-           "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "torch": torch.__version__}
+           "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+           "torch": torch.__version__}
     work = Path(tempfile.mkdtemp(prefix="jepa-bench-"))
     print(f"working in {work}", flush=True)
     res["gemm_gflops"] = bench_gemm(2048 if q else 4096, device)
@@ -249,22 +259,25 @@ def main():
 
     from transformers import VJEPA2Config, VJEPA2Model, VJEPA2VideoProcessor
     vit_dir = work / "vit-l-random"
-    VJEPA2Model(VJEPA2Config()).save_pretrained(vit_dir)  # the default config = ViT-L, real FLOPs, random weights
+    # the default config = ViT-L, real FLOPs, random weights
+    VJEPA2Model(VJEPA2Config()).save_pretrained(vit_dir)
     VJEPA2VideoProcessor().save_pretrained(vit_dir)
     encoder = jepa.VJEPAEncoder(str(vit_dir), device)
     res["encoder_tubelets_s"], res["encoder_gflops"] = bench_encoder(encoder, batch, 1 if q else 3)
-    print(f"encoder {res['encoder_tubelets_s']:.3f} tubelets/s, {res['encoder_gflops']:.0f} GFLOP/s", flush=True)
+    print(f"encoder {res['encoder_tubelets_s']:.3f} tubelets/s, {res['encoder_gflops']:.0f} GFLOP/s",
+          flush=True)
 
     manifest = make_manifest(work / "frames", clips, frames)
     cfg = cli.load_config(None, [f"evaluation.batch_size={batch}", f"training.encode_batch_size={batch}"],
                            encoder=str(vit_dir))
     ckpt = head_checkpoint(work / "head.pt", encoder, cfg)
     t0 = time.perf_counter()
-    infer.main(["--checkpoint", str(ckpt), "--manifest", str(manifest), "--output", str(work / "scores.jsonl"),
-                "--device", args.device])
+    infer.main(["--checkpoint", str(ckpt), "--manifest", str(manifest), "--output",
+                str(work / "scores.jsonl"), "--device", args.device])
     res["pipeline_tubelets_s"] = clips * (frames // 2) / (time.perf_counter() - t0)
     print(f"pipeline {res['pipeline_tubelets_s']:.3f} tubelets/s", flush=True)
-    res["naive_tubelets_s"] = bench_naive(encoder, jepa.head_from_checkpoint(jepa.load_checkpoint(ckpt), ckpt, device),
+    res["naive_tubelets_s"] = bench_naive(encoder,
+                                          jepa.head_from_checkpoint(jepa.load_checkpoint(ckpt), ckpt, device),
                                           manifest, cfg, 2 if q else 8)
     print(f"naive {res['naive_tubelets_s']:.3f} tubelets/s", flush=True)
 
@@ -278,8 +291,8 @@ def main():
 
     run_dir = work / "train-run"
     t0 = time.perf_counter()
-    train.main(["--manifest", str(manifest), "--encoder", str(vit_dir), "--run-dir", str(run_dir), "--epochs", "30",
-                "--device", args.device, "--set", f"training.encode_batch_size={batch}"])
+    train.main(["--manifest", str(manifest), "--encoder", str(vit_dir), "--run-dir", str(run_dir), "--epochs",
+                "30", "--device", args.device, "--set", f"training.encode_batch_size={batch}"])
     res["train_total_s"] = time.perf_counter() - t0
     res["train_encoding_s"] = json.loads((run_dir / "timing.json").read_text())["encode_s"]
     print(f"train {res['train_total_s']:.1f}s total, {res['train_encoding_s']:.1f}s encoding", flush=True)
@@ -297,17 +310,18 @@ def main():
     if md:  # the figures are rewritten; the hand-written "How to read it" part is kept
         old = Path(md).read_text() if Path(md).exists() else ""
         notes = old[old.index("## How to read it"):] if "## How to read it" in old else ""
-        checks = {"encoder/gemm": res["encoder_over_gemm"] >= 0.65, "pipeline/encoder": res["pipeline_over_encoder"]
-                  >= 0.90, "pipeline/naive": res["pipeline_over_naive"] >= 1.0,
+        checks = {"encoder/gemm": res["encoder_over_gemm"] >= 0.65,
+                  "pipeline/encoder": res["pipeline_over_encoder"] >= 0.90,
+                  "pipeline/naive": res["pipeline_over_naive"] >= 1.0,
                   "train total/encoding": res["train_total_over_encoding"] <= 1.15}
         missed = [k for k, ok in checks.items() if not ok]
         verdict = (f"Targets met in this run: all {len(checks)} ({', '.join(checks)})." if not missed else
                    f"Targets MISSED in this run: {', '.join(missed)} (see the notes below).")
         Path(md).write_text(f"# Benchmarks\n\n`python bench.py{' --quick' if q else ''}` on {res['date']}, "
-                            f"{res['machine']}, {res['cpus']} CPUs, {res['torch_threads']} torch threads, device "
-                            f"{res['device']}, torch {res['torch']}, batch {batch} tubelets.\n\n```\n{table}\n```\n\n"
-                            f"{verdict}\nShard-merged output equal to a single run is asserted in "
-                            f"`tests/test_scale.py` (byte for byte).\n\n{notes}")
+                            f"{res['machine']}, {res['cpus']} CPUs, {res['torch_threads']} torch threads, "
+                            f"device {res['device']}, torch {res['torch']}, batch {batch} "
+                            f"tubelets.\n\n```\n{table}\n```\n\n{verdict}\nShard-merged output equal to a "
+                            f"single run is asserted in `tests/test_scale.py` (byte for byte).\n\n{notes}")
         print(f"wrote {md}")
     bench_fleet_section(args)
     bench_select_section(args)
@@ -324,31 +338,34 @@ def bench_fleet_section(args):
     print("\n" + table)
     md = args.markdown or (None if args.quick else "BENCHMARKS.md")
     if md:
-        write_section(md, "Fleet scale", f"`python bench.py --only fleet` on {datetime.date.today().isoformat()}, "
-                                         f"{os.cpu_count()} CPUs, tiny encoder, CPU.\n\n```\n{table}\n```\n\n"
-                                         f"{FLEET_NOTES}")
+        write_section(md, "Fleet scale", "`python bench.py --only fleet` on "
+                                         f"{datetime.date.today().isoformat()}, {os.cpu_count()} CPUs, tiny "
+                                         f"encoder, CPU.\n\n```\n{table}\n```\n\n{FLEET_NOTES}")
         print(f"wrote {md}")
     shutil.rmtree(work, ignore_errors=True)
 
 
-FLEET_NOTES = """- **memory / startup**: `infer.py --shard 0/10000` on a 1,000,000-line manifest (16 frames per line, paths to
-  16 real JPEGs) scores 100 clips, as does the 100-line run. The manifest is validated whole (every line parsed
-  once, every problem listed) but only the shard's clips are kept, as byte offsets, line numbers, frame counts
-  and clip_id hashes (32 bytes each); duplicates are found through the hashes. Reading and validating 1M lines
-  once is the floor of the startup cost.
-- **merge**: 100 shard files (lines, `.emb.npy`, `.meta.json`) covering the 1M clips are interleaved in manifest
-  order as a stream; nothing is held whole.
-- **long clip**: one clip of 1024 frames vs one of 16 (1600x900 JPEGs, `data.num_workers=0`): clips are decoded
-  and encoded `jepa.SLICE_TUBELETS` (8) tubelets at a time, so peak memory no longer grows with clip length."""
+FLEET_NOTES = """\
+- **memory / startup**: `infer.py --shard 0/10000` on a 1,000,000-line manifest (16 frames per line, paths to
+  16 real JPEGs) scores 100 clips, as does the 100-line run. The manifest is validated whole (every line
+  parsed once, every problem listed) but only the shard's clips are kept, as byte offsets, line numbers, frame
+  counts and clip_id hashes (32 bytes each); duplicates are found through the hashes. Reading and validating
+  1M lines once is the floor of the startup cost.
+- **merge**: 100 shard files (lines, `.emb.npy`, `.meta.json`) covering the 1M clips are interleaved in
+  manifest order as a stream; nothing is held whole.
+- **long clip**: one clip of 1024 frames vs one of 16 (1600x900 JPEGs, `data.num_workers=0`): clips are
+  decoded and encoded `jepa.SLICE_TUBELETS` (8) tubelets at a time, so peak memory no longer grows with clip
+  length."""
 
 
 def report_table(r):
     rows = [("gemm", f"{r['gemm_gflops']:.0f} GFLOP/s", "", ""),
             ("encoder", f"{r['encoder_tubelets_s']:.3f} tubelets/s, {r['encoder_gflops']:.0f} GFLOP/s",
              f"encoder/gemm {r['encoder_over_gemm']:.2f}", ">= 0.65"),
-            ("pipeline", f"{r['pipeline_tubelets_s']:.3f} tubelets/s", f"pipeline/encoder {r['pipeline_over_encoder']:.2f}",
-             ">= 0.90"),
-            ("naive", f"{r['naive_tubelets_s']:.3f} tubelets/s", f"pipeline/naive {r['pipeline_over_naive']:.2f}", ">= 1.0"),
+            ("pipeline", f"{r['pipeline_tubelets_s']:.3f} tubelets/s",
+             f"pipeline/encoder {r['pipeline_over_encoder']:.2f}", ">= 0.90"),
+            ("naive", f"{r['naive_tubelets_s']:.3f} tubelets/s",
+             f"pipeline/naive {r['pipeline_over_naive']:.2f}", ">= 1.0"),
             ("train", f"{r['train_total_s']:.1f}s total, {r['train_encoding_s']:.1f}s encoding",
              f"total/encoding {r['train_total_over_encoding']:.2f}", "<= 1.15"),
             ("decode", f"{r['decode_frames_s']:.1f} frames/s at 1600x900", "", "")]

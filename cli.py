@@ -1,4 +1,5 @@
-"""What every entry script shares, and nothing that needs torch (so a merge or a report starts small and fast):
+"""What every entry script shares, and nothing that needs torch (so a merge or a report starts small and
+fast):
 
   1. errors and entry points   UserError (one line, exit 2), run_cli, the SIGKILL test hook, scoring flags
   2. config                    config.yaml as defaults and schema, typed overrides, what a resume may change
@@ -77,8 +78,8 @@ def add_scoring_args(p, checkpoint_required=True):
 def add_clip_inputs(p, manifest_use, labels_use):
     """--manifest, --data-root and --labels as report.py and selection.py take them."""
     p.add_argument("--manifest", help=f"manifest JSONL the clips were scored from: {manifest_use}")
-    p.add_argument("--data-root", help="folder relative frame paths in --manifest resolve against (default: the "
-                                       "manifest's folder)")
+    p.add_argument("--data-root", help="folder relative frame paths in --manifest resolve against (default: "
+                                       "the manifest's folder)")
     p.add_argument("--labels", help=f"labels JSONL {{clip_id, binary_label: 0|1|null}}: {labels_use} "
                                     f"(default: none)")
 
@@ -128,7 +129,8 @@ def _flatten(d, prefix=""):
 
 
 def _coerce(key, value, default, where):
-    """Return `value` as the type of `default` (or NULLABLE[key]); raise UserError naming the key otherwise."""
+    """Return `value` as the type of `default` (or NULLABLE[key]); raise UserError naming the key
+    otherwise."""
     want = NULLABLE.get(key, type(default))
     if value is None and key in NULLABLE:
         return None
@@ -256,7 +258,8 @@ def special_file_problem(path):
         return None
     kinds = [(stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
              (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")]
-    return "not a regular file but " + next((name for is_kind, name in kinds if is_kind(mode)), "a special file")
+    return "not a regular file but " + next((name for is_kind, name in kinds if is_kind(mode)),
+                                            "a special file")
 
 
 def _fsync_dir(folder):
@@ -313,8 +316,8 @@ def check_output(path, inputs=None, needed_bytes=1 << 20):
         raise UserError(f"{path}: output folder {folder} is not writable ({e.strerror or e}); "
                         f"choose another output path or fix its permissions")
     if free < needed_bytes:
-        raise UserError(f"{path}: only {free >> 20} MB free in {folder}, about {needed_bytes >> 20} MB needed; "
-                        f"free some space or choose another output path")
+        raise UserError(f"{path}: only {free >> 20} MB free in {folder}, about {needed_bytes >> 20} MB "
+                        "needed; free some space or choose another output path")
 
 
 def _write_error(path, e):
@@ -324,9 +327,9 @@ def _write_error(path, e):
 
 
 def atomic_write(path, write):
-    """Write a file via `write(fileobj)` to a temp file in the same folder, fsync, then os.replace it into place,
-    so a reader never sees a partial file whenever the process dies. Writes through a symlink to its target;
-    refuses to replace anything but a regular file (see output_target)."""
+    """Write a file via `write(fileobj)` to a temp file in the same folder, fsync, then os.replace it into
+    place, so a reader never sees a partial file whenever the process dies. Writes through a symlink to its
+    target; refuses to replace anything but a regular file (see output_target)."""
     target = output_target(path)
     tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
     try:
@@ -361,7 +364,8 @@ def exclusive_lock(path, what):
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "a process whose pid is not recorded"
+        holder = (os.pread(fd, 200, 0).decode(errors="replace").strip()
+                  or "a process whose pid is not recorded")
         os.close(fd)
         raise UserError(f"{what} is being written by another process ({holder}); wait for it to finish or "
                         f"stop it, then rerun")

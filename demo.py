@@ -10,14 +10,15 @@ It writes synthetic dashcam-like clips to data/demo/:
   (a third of the frame's width) sits in the lower half of every frame (all 4 tubelets): binary_label 1 in
   fleet_labels.jsonl, 0 for the others;
 - tiny-vjepa2/: a tiny randomly initialised V-JEPA 2, saved with save_pretrained.
-Then it runs the real commands into experiments/demo/: train.py on train.jsonl, eval.py on fleet.jsonl with the
-labels (the trained head against the masked_gap and random baselines, and a one-line verdict), infer.py,
-selection.py select (a diverse top 6, near-duplicates folded) and report.py (with the labels and the selection)
-on fleet.jsonl, and prints the 5 most novel clips and where the planted ones rank.
+Then it runs the real commands into experiments/demo/: train.py on train.jsonl, eval.py on fleet.jsonl with
+the labels (the trained head against the masked_gap and random baselines, and a one-line verdict), infer.py,
+selection.py select (a diverse top 6, near-duplicates folded) and report.py (with the labels and the
+selection) on fleet.jsonl, and prints the 5 most novel clips and where the planted ones rank.
 
-What it shows: the pipeline runs end to end, and a head trained on ordinary clips scores clips whose embeddings
-leave that distribution as more novel. What it does not show: anything about real footage. The encoder is
-random and the planted objects are big, saturated and never seen in training, which any change detector finds.
+What it shows: the pipeline runs end to end, and a head trained on ordinary clips scores clips whose
+embeddings leave that distribution as more novel. What it does not show: anything about real footage. The
+encoder is random and the planted objects are big, saturated and never seen in training, which any change
+detector finds.
 """
 import argparse
 import importlib
@@ -36,7 +37,8 @@ HERE = Path(__file__).resolve().parent
 
 
 def make_tiny_encoder(folder, seed=0):
-    """A randomly initialised V-JEPA 2 small enough for CPU tests, saved like a hub snapshot (model + processor)."""
+    """A randomly initialised V-JEPA 2 small enough for CPU tests, saved like a hub snapshot (model +
+    processor)."""
     import torch
     from transformers import VJEPA2Config, VJEPA2Model, VJEPA2VideoProcessor
     torch.manual_seed(seed)
@@ -49,7 +51,8 @@ def make_tiny_encoder(folder, seed=0):
 
 
 def road_frame(t, speed, tint, odd=None, size=(320, 180)):
-    """A dashcam-like frame: sky, road, lane dashes moving with time t; `odd` = (x) of a red object crossing."""
+    """A dashcam-like frame: sky, road, lane dashes moving with time t; `odd` = (x) of a red object
+    crossing."""
     w, h = size
     y, x = np.mgrid[0:h, 0:w]
     img = np.zeros((h, w, 3), np.float32)
@@ -99,15 +102,17 @@ FRAME_SIZE = (320, 180)
 
 
 def scene_look(rng):
-    """Random but ordinary looks of one drive: horizon, sky brightness, verge and asphalt colour, road width, speed."""
+    """Random but ordinary looks of one drive: horizon, sky brightness, verge and asphalt colour, road width,
+    speed."""
     light = rng.uniform(0.8, 1.2)
     return {"horizon": rng.uniform(0.38, 0.5), "sky": [110 * light, 160 * light, 220 * light],
-            "verge": [70 + rng.uniform(-15, 15), 130 + rng.uniform(-20, 20), 60], "road": rng.uniform(0.35, 0.5),
-            "asphalt": rng.uniform(80, 110), "speed": rng.uniform(1, 4)}
+            "verge": [70 + rng.uniform(-15, 15), 130 + rng.uniform(-20, 20), 60],
+            "road": rng.uniform(0.35, 0.5), "asphalt": rng.uniform(80, 110), "speed": rng.uniform(1, 4)}
 
 
 def drive_background(look):
-    """(sky, verge and road of one drive as a float image, road mask, lane-centre mask, height below horizon)."""
+    """(sky, verge and road of one drive as a float image, road mask, lane-centre mask, height below
+    horizon)."""
     w, h = FRAME_SIZE
     y, x = np.mgrid[0:h, 0:w]
     img = np.zeros((h, w, 3), np.float32)
@@ -169,8 +174,9 @@ def write_drives(folder, name, scenes, clips_per_scene, frames, rng, planted=())
 
 
 def make_demo_data(folder, seed=42, train_scenes=8, fleet_scenes=6, clips_per_scene=3, frames=8, planted=3):
-    """train.jsonl (ordinary drives) and fleet.jsonl + fleet_labels.jsonl (new ordinary drives, `planted` clips
-    with the red block) under `folder`, all drawn from `seed`. Returns {train, fleet, labels, planted}."""
+    """train.jsonl (ordinary drives) and fleet.jsonl + fleet_labels.jsonl (new ordinary drives, `planted`
+    clips with the red block) under `folder`, all drawn from `seed`. Returns {train, fleet, labels,
+    planted}."""
     folder = Path(folder)
     rng = np.random.default_rng(seed)
     train = write_drives(folder, "train", train_scenes, clips_per_scene, frames, rng)
@@ -207,15 +213,15 @@ def steps(data, run_dir, encoder, seed, epochs):
     """(script, arguments) of the demo's commands, in order."""
     enc, ckpt, scores = ["--encoder", str(encoder)], str(run_dir / "best.pt"), str(run_dir / "scores.jsonl")
     selection = str(run_dir / "selection.jsonl")
-    return [("train.py", ["--manifest", str(data["train"]), "--run-dir", str(run_dir), "--epochs", str(epochs),
-                          "--seed", str(seed), *enc]),
-            ("eval.py", ["--checkpoint", ckpt, "--manifest", str(data["fleet"]), "--labels", str(data["labels"]),
-                         "--output", str(run_dir / "eval.json"), *enc]),
+    return [("train.py", ["--manifest", str(data["train"]), "--run-dir", str(run_dir), "--epochs",
+                          str(epochs), "--seed", str(seed), *enc]),
+            ("eval.py", ["--checkpoint", ckpt, "--manifest", str(data["fleet"]), "--labels",
+                         str(data["labels"]), "--output", str(run_dir / "eval.json"), *enc]),
             ("infer.py", ["--checkpoint", ckpt, "--manifest", str(data["fleet"]), "--output", scores, *enc]),
             ("selection.py", ["select", "--scores", scores, "--manifest", str(data["fleet"]), "--labels",
                               str(data["labels"]), "--top", "6", "--output", selection]),
-            ("report.py", ["--scores", scores, "--manifest", str(data["fleet"]), "--labels", str(data["labels"]),
-                           "--selection", selection, "--top", "6", "--bottom", "6",
+            ("report.py", ["--scores", scores, "--manifest", str(data["fleet"]), "--labels",
+                           str(data["labels"]), "--selection", selection, "--top", "6", "--bottom", "6",
                            "--output", str(run_dir / "report.html")])]
 
 
@@ -226,15 +232,18 @@ def verdict(ranking):
         return "verdict: no positive labels, so there is nothing to rank"
     t, g, r = ap["trained"], ap["masked_gap"], ap["random"]
     if t > g and t > r:
-        return f"verdict: the trained head ranks the planted clips best (AP {t:.3f}; masked_gap {g:.3f}, random {r:.3f})"
+        return ("verdict: the trained head ranks the planted clips best "
+                f"(AP {t:.3f}; masked_gap {g:.3f}, random {r:.3f})")
     if t > r:
-        return (f"verdict: the trained head beats random (AP {t:.3f} vs {r:.3f}) but not masked_gap ({g:.3f}): "
-                f"training did not help")
-    return f"verdict: the trained head is no better than random (AP {t:.3f} vs {r:.3f}): it missed the planted clips"
+        return (f"verdict: the trained head beats random (AP {t:.3f} vs {r:.3f}) but not masked_gap "
+                f"({g:.3f}): training did not help")
+    return (f"verdict: the trained head is no better than random (AP {t:.3f} vs {r:.3f}): "
+            "it missed the planted clips")
 
 
 def ranks_of(scores_path, clip_ids):
-    """1-based rank of each clip id in a scores file (highest score first, ties by clip_id, as report.py ranks)."""
+    """1-based rank of each clip id in a scores file (highest score first, ties by clip_id, as report.py
+    ranks)."""
     from eval import rank_order
     rows = [json.loads(line) for line in Path(scores_path).read_text().splitlines() if line.strip()]
     order = rank_order({r["clip_id"]: r["score"] for r in rows})
@@ -243,7 +252,8 @@ def ranks_of(scores_path, clip_ids):
 
 def run_demo(data_dir, run_dir, seed=42, epochs=8, step=run_subprocess):
     """The whole demo into data_dir and run_dir (both rebuilt); returns what it found:
-    {"ranking", "verdict", "planted", "ranks" (planted clip -> rank), "order" (clip ids, most novel first)}."""
+    {"ranking", "verdict", "planted", "ranks" (planted clip -> rank), "order" (clip ids, most novel
+    first)}."""
     data_dir, run_dir = Path(data_dir), Path(run_dir)
     shutil.rmtree(data_dir, ignore_errors=True)  # the demo owns these two folders and rebuilds them each time
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -257,7 +267,8 @@ def run_demo(data_dir, run_dir, seed=42, epochs=8, step=run_subprocess):
     ranking = json.loads((run_dir / "eval.json").read_text())["ranking"]
     line = verdict(ranking)
     print(line, flush=True)
-    for script, args in commands[2:]:  # infer, select (a diverse top 6), report (with the selection and labels)
+    # infer, select (a diverse top 6), report (with the selection and labels)
+    for script, args in commands[2:]:
         step(script, args)
     ranks, order = ranks_of(run_dir / "scores.jsonl", data["planted"])
     return {"ranking": ranking, "verdict": line, "planted": data["planted"], "ranks": ranks, "order": order}
@@ -265,7 +276,8 @@ def run_demo(data_dir, run_dir, seed=42, epochs=8, step=run_subprocess):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-only", action="store_true", help="only write data/demo (clips, labels, encoder), run nothing")
+    p.add_argument("--data-only", action="store_true",
+                   help="only write data/demo (clips, labels, encoder), run nothing")
     p.add_argument("--epochs", type=int, default=8, help="training epochs for the demo run")
     p.add_argument("--seed", type=int, help="seed of the synthetic data, the tiny encoder and training "
                                             "(default: seed in config.yaml)")
@@ -286,10 +298,11 @@ def main():
     print("\n5 most novel clips of fleet.jsonl (planted = has the red block):")
     for rank, clip_id in enumerate(found["order"][:5], 1):
         print(f"  {rank}. {clip_id}" + ("  (planted)" if clip_id in ranks else ""))
-    print(f"the planted clips rank {', '.join(str(r) for r in sorted(ranks.values()))} of {n}\n{found['verdict']}")
+    print(f"the planted clips rank {', '.join(str(r) for r in sorted(ranks.values()))} of "
+          f"{n}\n{found['verdict']}")
     print(f"\noutputs in {run_dir}/:\n  best.pt, metrics.jsonl, eval.json, scores.jsonl (+ .emb.npy), "
-          f"selection.jsonl/.csv (a diverse top 6), report.html (top 6, bottom 6, the selection pre-checked); "
-          f"done in {time.time() - t0:.0f} s")
+          "selection.jsonl/.csv (a diverse top 6), report.html (top 6, bottom 6, the selection "
+          f"pre-checked); done in {time.time() - t0:.0f} s")
 
 
 if __name__ == "__main__":

@@ -24,11 +24,13 @@ from manifest import check_frames, read_jsonl, read_manifest
 
 
 def read_labels(path):
-    """Labels JSONL {"clip_id", "binary_label": 0 | 1 | null} -> {clip_id: 0 | 1 | None}; None = unlabelled."""
+    """Labels JSONL {"clip_id", "binary_label": 0 | 1 | null} -> {clip_id: 0 | 1 | None}; None =
+    unlabelled."""
     rows = read_jsonl(path, "labels file", " (pass LABELS=path/to/labels.jsonl)")
     problems = [f"{where}: binary_label must be 0, 1 or null, got {obj.get('binary_label', 'nothing')!r}"
                 for where, obj in rows
-                if "binary_label" not in obj or isinstance(obj["binary_label"], bool)  # JSON true would pass as 1
+                # JSON true would pass as 1
+                if "binary_label" not in obj or isinstance(obj["binary_label"], bool)
                 or obj["binary_label"] not in (0, 1, None) or isinstance(obj["binary_label"], float)]
     if problems:
         raise cli.UserError("\n".join(problems))
@@ -47,7 +49,8 @@ def _dcg(rel):
 
 
 def ranking_metrics(scores, labels, k_values):
-    """AP, P@K, R@K and NDCG@K of ranking `scores` {clip_id: float | None} against `labels` {clip_id: 0|1|None}.
+    """AP, P@K, R@K and NDCG@K of ranking `scores` {clip_id: float | None} against `labels` {clip_id:
+    0|1|None}.
 
     Only clips with both a score and a non-null label count; the others are removed before ranking (a null
     label is unlabelled, never negative). P@K divides by min(K, n labelled), so for K >= n it is the positive
@@ -109,8 +112,9 @@ def ranking_table(blocks, k_values):
         vals = [m[key] if k is None else m[key].get(k) for key, k in keys]
         lines.append(f"{name:<{width}}" + "".join(f"{'-' if v is None else f'{v:.3f}':>9}" for v in vals))
     first = next(iter(blocks.values()), {})
-    lines.append(f"({first.get('num_labelled', 0)} labelled clips with a score, {first.get('num_positive', 0)} "
-                 f"positive; P@K divides by min(K, labelled); '-' = undefined without positives)")
+    lines.append(f"({first.get('num_labelled', 0)} labelled clips with a score, "
+                 f"{first.get('num_positive', 0)} positive; P@K divides by min(K, labelled); "
+                 "'-' = undefined without positives)")
     return "\n".join(lines)
 
 
@@ -156,7 +160,8 @@ class Evaluation:
         return {"mean_cosine_similarity": all_pred.mean().item(),
                 "std_cosine_similarity": all_pred.std(unbiased=False).item(),
                 "masked_cosine_similarity": torch.cat(self.masked_cos).double().mean().item(),
-                "per_scene": {s: torch.cat(v).double().mean().item() for s, v in sorted(self.per_scene.items())},
+                "per_scene": {s: torch.cat(v).double().mean().item()
+                              for s, v in sorted(self.per_scene.items())},
                 "num_tubelets": len(all_pred)}
 
     def ranking(self, labels, k_values):
@@ -170,7 +175,8 @@ def main(argv=None):
     cli.check_output(args.output, {"--checkpoint": args.checkpoint, "--manifest": args.manifest,
                                     "--labels": args.labels})
     scorer = jepa.load_for_scoring(args)
-    records = read_manifest(args.manifest, scorer.config["data"]["root"], scorer.config["data"]["tubelet_size"])
+    records = read_manifest(args.manifest, scorer.config["data"]["root"],
+                            scorer.config["data"]["tubelet_size"])
     check_frames(records, args.manifest)
     labels = read_labels(args.labels) if args.labels else None
     if labels is not None:
@@ -187,9 +193,10 @@ def main(argv=None):
     if labels is not None:
         result["ranking"] = evaluation.ranking(labels, ev["k_values"])
     cli.atomic_write_text(args.output, json.dumps(result, indent=2) + "\n")
-    print(f"cosine(pred, clean) {result['mean_cosine_similarity']:.4f} +- {result['std_cosine_similarity']:.4f}  "
-          f"vs no-predictor cosine(masked, clean) {result['masked_cosine_similarity']:.4f}  "
-          f"({result['num_clips']} clips, {result['num_tubelets']} tubelets)")
+    print(f"cosine(pred, clean) {result['mean_cosine_similarity']:.4f} +- "
+          f"{result['std_cosine_similarity']:.4f}  vs no-predictor cosine(masked, clean) "
+          f"{result['masked_cosine_similarity']:.4f}  ({result['num_clips']} clips, "
+          f"{result['num_tubelets']} tubelets)")
     if labels is not None:
         print(ranking_table(result["ranking"], ev["k_values"]))
     print(f"wrote {args.output}")

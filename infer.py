@@ -1,17 +1,18 @@
 """Score every clip of a manifest for novelty (1 - cos(predicted, clean), mean or max over its tubelets).
 
 Usage:
-  python infer.py --checkpoint best.pt --manifest fleet.jsonl --output scores.jsonl [--shard I/N|auto] [--overwrite]
+  python infer.py --checkpoint best.pt --manifest fleet.jsonl --output scores.jsonl [--shard I/N|auto]
+                  [--overwrite]
   python infer.py --merge shard0.jsonl shard1.jsonl ... --manifest fleet.jsonl --output scores.jsonl
   make score CKPT=best.pt MANIFEST=fleet.jsonl OUT=scores.jsonl [SHARD=I/N|auto]
 
 Writes exactly one JSON line per manifest clip (of the shard), in manifest order, flushed as it goes:
-{"clip_id", "scene", "camera", "first_frame", "score", "tubelet_scores"}; a clip whose frames cannot be read gets
-"score": null and an "error" and the run goes on (exit status 1 at the end). Beside it, OUT.emb.npy holds one
-float32 embedding per line (the mean of the clip's clean tubelet embeddings; NaN for a failed clip), loadable
-without reading it whole: np.load("OUT.emb.npy", mmap_mode="r"). Run the same command again after a kill and
-it keeps the complete lines and rows, drops a torn tail and appends the rest. OUT.meta.json records the
-checkpoint and manifest the lines came from; a mismatching rerun is refused (--overwrite starts over).
+{"clip_id", "scene", "camera", "first_frame", "score", "tubelet_scores"}; a clip whose frames cannot be read
+gets "score": null and an "error" and the run goes on (exit status 1 at the end). Beside it, OUT.emb.npy holds
+one float32 embedding per line (the mean of the clip's clean tubelet embeddings; NaN for a failed clip),
+loadable without reading it whole: np.load("OUT.emb.npy", mmap_mode="r"). Run the same command again after a
+kill and it keeps the complete lines and rows, drops a torn tail and appends the rest. OUT.meta.json records
+the checkpoint and manifest the lines came from; a mismatching rerun is refused (--overwrite starts over).
 The manifest is validated whole but kept as byte offsets (a 1M-clip manifest costs ~32 MB), and a shard keeps
 only its own clips. --shard auto reads the shard from a Slurm job array or a Kubernetes Indexed Job.
 """
@@ -29,8 +30,8 @@ from tqdm import tqdm
 import cli
 from manifest import id_hash, scan_manifest
 
-IDENTITY = ("checkpoint_sha256", "manifest_fingerprint", "frames_base", "encoder_fingerprint", "shard", "aggregate",
-            "embed_dim")
+IDENTITY = ("checkpoint_sha256", "manifest_fingerprint", "frames_base", "encoder_fingerprint", "shard",
+            "aggregate", "embed_dim")
 SYNC_EVERY_S = 10  # fsync the output this often: a machine crash loses at most this much work
 
 
@@ -72,8 +73,8 @@ def shard_from_environment(env):
             return parse_shard(f"{(int(env['SLURM_ARRAY_TASK_ID']) - low) // step}/{count}")
         if "JOB_COMPLETION_INDEX" in env:
             if "JOB_COMPLETIONS" not in env:
-                raise cli.UserError("--shard auto: JOB_COMPLETION_INDEX is set but JOB_COMPLETIONS is not; set it "
-                                     "to the Job's spec.completions (see docs/k8s_score_job.yaml)")
+                raise cli.UserError("--shard auto: JOB_COMPLETION_INDEX is set but JOB_COMPLETIONS is not; "
+                                     "set it to the Job's spec.completions (see docs/k8s_score_job.yaml)")
             return parse_shard(f"{int(env['JOB_COMPLETION_INDEX'])}/{int(env['JOB_COMPLETIONS'])}")
     except (KeyError, ValueError) as e:
         raise cli.UserError(f"--shard auto: the array job's environment is incomplete or not numbers ({e})")
@@ -124,7 +125,8 @@ def parse_row(line):
 
 
 class ScoresOutput:
-    """OUT (scores JSONL), OUT.emb.npy (one embedding row per line) and OUT.meta.json (where they came from)."""
+    """OUT (scores JSONL), OUT.emb.npy (one embedding row per line) and OUT.meta.json (where they came
+    from)."""
 
     def __init__(self, out, embed_dim):
         self.out, self.dim = Path(out), embed_dim
@@ -143,8 +145,9 @@ class ScoresOutput:
             raise cli.UserError(f"{self.meta}: corrupt; pass --overwrite to start over")
         diff = [k for k in IDENTITY if old.get(k) != meta.get(k)]
         if diff:
-            raise cli.UserError(f"{self.out} was written with another {', '.join(diff)} ({old.get('checkpoint')}, "
-                                 f"{old.get('manifest')}); pass --overwrite to start over or choose another --output")
+            raise cli.UserError(f"{self.out} was written with another {', '.join(diff)} "
+                                 f"({old.get('checkpoint')}, {old.get('manifest')}); pass --overwrite to "
+                                 "start over or choose another --output")
 
     def keep_complete(self, clips):
         """Cut an earlier run's output back to the lines that are complete, match the clips' order and have
@@ -206,7 +209,8 @@ def write_scores(output, scorer, clips, done, failed):
                 os.fsync(lines.fileno())
                 os.fsync(emb.fileno())
 
-            for clip in tqdm(scorer.score(todo), total=len(todo), unit="clip", mininterval=2, file=sys.stderr):
+            for clip in tqdm(scorer.score(todo), total=len(todo), unit="clip", mininterval=2,
+                             file=sys.stderr):
                 emb.write(nan_row if clip.error else clip.clip_emb.numpy().astype("<f4").tobytes())
                 lines.write(result_line(todo[clip.index], clip, aggregate))
                 emb.flush()
@@ -215,7 +219,8 @@ def write_scores(output, scorer, clips, done, failed):
                 if time.time() - synced > SYNC_EVERY_S:
                     sync()
                     synced = time.time()
-                cli.kill_hook_for_tests("infer_line", rows)  # test hook: no-op unless JEPA_TEST_KILL_AT is set
+                # test hook: no-op unless JEPA_TEST_KILL_AT is set
+                cli.kill_hook_for_tests("infer_line", rows)
             sync()
     except OSError as e:
         raise cli.UserError(f"cannot write {output.out}: {e.strerror or e}; free space, then rerun the same "
@@ -242,9 +247,9 @@ def score_locked(args, out, shard):
     meta = {"checkpoint": str(args.checkpoint), "encoder": scorer.config["model"]["encoder_name"],
             "manifest": str(args.manifest), "shard": args.shard and f"{shard[0]}/{shard[1]}",
             "aggregate": scorer.config["evaluation"]["aggregate"],
-            "tubelet_size": scorer.config["data"]["tubelet_size"], "embed_dim": dim, "frames_base": clips.base,
-            "checkpoint_sha256": cli.file_sha256(args.checkpoint), "manifest_fingerprint": clips.fingerprint,
-            "encoder_fingerprint": scorer.encoder.fingerprint}
+            "tubelet_size": scorer.config["data"]["tubelet_size"], "embed_dim": dim,
+            "frames_base": clips.base, "checkpoint_sha256": cli.file_sha256(args.checkpoint),
+            "manifest_fingerprint": clips.fingerprint, "encoder_fingerprint": scorer.encoder.fingerprint}
     output = ScoresOutput(out, dim)
     done, failed = output.start(meta, args.overwrite, clips)
     if done:
@@ -290,7 +295,8 @@ class ShardReader:
                                  f"finish it")
         self.clip_id = parse_row(raw).get("clip_id")
         if not isinstance(self.clip_id, str):
-            raise cli.UserError(f"{self.path}:{self.number}: not a scores line (a JSON object with a clip_id)")
+            raise cli.UserError(f"{self.path}:{self.number}: "
+                                "not a scores line (a JSON object with a clip_id)")
         self.line = raw
         return self.clip_id
 
@@ -304,8 +310,8 @@ class ShardReader:
 def check_same_origin(readers):
     for key in ("checkpoint_sha256", "embed_dim", "encoder_fingerprint", "aggregate"):
         if len({json.dumps(r.meta.get(key)) for r in readers}) > 1:
-            raise cli.UserError(f"shards were scored with different {key.replace('_sha256', 's')}; rescore them "
-                                 f"with one")
+            raise cli.UserError(f"shards were scored with different {key.replace('_sha256', 's')}; rescore "
+                                 "them with one")
 
 
 def interleave(clips, readers, manifest):
@@ -365,7 +371,8 @@ def merge_locked(args, out):
     meta = {k: v for k, v in readers[0].meta.items() if k != "shard"}
     meta["manifest_fingerprint"] = clips.fingerprint
     cli.atomic_write_text(f"{out}.meta.json", json.dumps(dict(sorted(meta.items())), indent=1) + "\n")
-    print(f"merged {len(readers)} shards, {len(clips)} clips ({failed} failed) -> {out} (+ {out.name}.emb.npy)",
+    print(f"merged {len(readers)} shards, {len(clips)} clips ({failed} failed) -> {out} "
+          f"(+ {out.name}.emb.npy)",
           file=sys.stderr)
     return 1 if failed else 0
 

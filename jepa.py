@@ -1,7 +1,7 @@
 """jepa-clips core, in the order the data flows:
 
   1. frames and masking     a frame file -> uint8 pixels; a tubelet -> its seeded masked copy
-  2. dataset and loader     a clip -> slices of at most SLICE_TUBELETS (clean, masked) tubelets, decoded in workers
+  2. dataset and loader     a clip -> slices of <= SLICE_TUBELETS (clean, masked) tubelets, decoded in workers
   3. encoder                frozen V-JEPA 2: processed pixels -> one embedding per tubelet
   4. predictor head, loss   masked_emb + mask_frac -> predicted clean_emb; L1 on L2-normalised embeddings
   5. streaming encode       slices of many clips -> encoder batches -> per-clip embeddings, in order
@@ -56,8 +56,8 @@ def _to_8bit(im):
 def load_frame(path, size):
     """PIL open -> RGB -> BICUBIC resize to size x size -> uint8 array (size, size, 3).
 
-    No EXIF transpose (the research pipeline had none; `make check` warns about rotated frames). Raises OSError
-    for anything that is not a regular file, without opening it."""
+    No EXIF transpose (the research pipeline had none; `make check` warns about rotated frames). Raises
+    OSError for anything that is not a regular file, without opening it."""
     problem = cli.special_file_problem(path)
     if problem:
         raise OSError(problem)
@@ -99,7 +99,8 @@ class MaskTubelet:
         self.mask_ratio, self.patch_size, self.seed = mask_ratio, patch_size, seed
 
     def __call__(self, tubelet, clip_id, index):
-        return mask_tubelet(tubelet, self.mask_ratio, self.patch_size, tubelet_seed(self.seed, clip_id, index))
+        return mask_tubelet(tubelet, self.mask_ratio, self.patch_size,
+                            tubelet_seed(self.seed, clip_id, index))
 
 
 # ==================================================================================================
@@ -111,7 +112,8 @@ class TubeletSlice(NamedTuple):
     clip_index: int
     start: int
     is_last: bool                        # the clip's last slice
-    clean: Optional[torch.Tensor]        # (n, T, 3, S', S') processed pixels; uint8 (n, T, 3, S, S) unprocessed
+    # (n, T, 3, S', S') processed pixels; uint8 (n, T, 3, S, S) unprocessed
+    clean: Optional[torch.Tensor]
     masked: Optional[torch.Tensor]       # same shape: the seeded masked copies
     mask_frac: Optional[torch.Tensor]    # (n,) fraction of each tubelet's patches masked
     error: Optional[str]                 # why a frame could not be read (then the tensors are None)
@@ -119,8 +121,8 @@ class TubeletSlice(NamedTuple):
 
 class JEPADataset(torch.utils.data.Dataset):
     """Slices of clips, in order: each clip is cut into non-overlapping tubelets (a trailing remainder of
-    frames is dropped), tubelets are grouped SLICE_TUBELETS at a time, and each slice's frames are decoded once,
-    so a worker never holds more than one slice of a long clip. Every tubelet gets its own seeded mask.
+    frames is dropped), tubelets are grouped SLICE_TUBELETS at a time, and each slice's frames are decoded
+    once, so a worker never holds more than one slice of a long clip. Every tubelet gets its own seeded mask.
 
     `clips`: a list of manifest records, or manifest.ClipIndex (which parses a line only when asked and knows
     every clip's frame count)."""
@@ -160,7 +162,8 @@ class JEPADataset(torch.utils.data.Dataset):
         clean = torch.from_numpy(tubelets).permute(0, 1, 4, 2, 3)
         masked = torch.from_numpy(np.stack(masked)).permute(0, 1, 4, 2, 3)
         if self.processor is not None:
-            both = self.processor(list(torch.cat([clean, masked])), return_tensors="pt")["pixel_values_videos"]
+            both = self.processor(list(torch.cat([clean, masked])),
+                                  return_tensors="pt")["pixel_values_videos"]
             clean, masked = both[:len(clean)], both[len(clean):]
         return TubeletSlice(i, start, bool(stop == self.tubelets[i]), clean, masked,
                             torch.tensor(frac, dtype=torch.float32), None)
@@ -228,7 +231,8 @@ def hub_reachable(timeout=3.0):
 
 
 def load_encoder_parts(name):
-    """(model, processor) of a V-JEPA 2 hub id or local snapshot folder, or a cli.UserError saying what to do."""
+    """(model, processor) of a V-JEPA 2 hub id or local snapshot folder, or a cli.UserError saying what to
+    do."""
     from transformers import AutoConfig, AutoModel, AutoVideoProcessor
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()  # our own progress bars are the ones that matter
@@ -238,7 +242,8 @@ def load_encoder_parts(name):
     if not is_dir and (name.startswith((".", "/", "~")) or name.count("/") != 1):
         raise cli.UserError(f"encoder {name!r}: no such folder and not a hub id (org/name); {hint}")
     if is_dir and not os.path.isfile(os.path.join(name, "config.json")):
-        raise cli.UserError(f"encoder folder {name!r} has no config.json: not a Hugging Face model snapshot; {hint}")
+        raise cli.UserError(f"encoder folder {name!r} has no config.json: "
+                            f"not a Hugging Face model snapshot; {hint}")
     auto = (AutoConfig, AutoModel, AutoVideoProcessor)
     if not is_dir:
         try:  # the hub cache first: works offline without waiting for the hub client's retries
@@ -246,8 +251,8 @@ def load_encoder_parts(name):
         except OSError:
             pass
         if os.environ.get("HF_HUB_OFFLINE") == "1" or not hub_reachable():
-            raise cli.UserError(f"encoder {name!r}: not a local folder, not in the Hugging Face cache, and the hub "
-                            f"is unreachable; {hint} (HF_ENDPOINT and HTTPS_PROXY are honoured)")
+            raise cli.UserError(f"encoder {name!r}: not a local folder, not in the Hugging Face cache, and "
+                            f"the hub is unreachable; {hint} (HF_ENDPOINT and HTTPS_PROXY are honoured)")
     try:
         return _load_checked(name, *auto)
     except (OSError, ValueError) as e:
@@ -259,7 +264,8 @@ def _load_checked(name, AutoConfig, AutoModel, AutoVideoProcessor, **kwargs):
     kwargs["trust_remote_code"] = False  # a snapshot never runs its own code here
     config = AutoConfig.from_pretrained(name, **kwargs)
     if config.model_type != "vjepa2":
-        raise cli.UserError(f"encoder {name!r} is a {config.model_type!r} model, not V-JEPA 2 (model_type vjepa2)")
+        raise cli.UserError(f"encoder {name!r} is a {config.model_type!r} model, "
+                            "not V-JEPA 2 (model_type vjepa2)")
     model = AutoModel.from_pretrained(name, config=config, **kwargs)
     return model, AutoVideoProcessor.from_pretrained(name, **kwargs)
 
@@ -297,7 +303,8 @@ class VJEPAEncoder(nn.Module):
         if self._fingerprint is None:
             conf = {k: v for k, v in self.model.config.to_dict().items()
                     if k not in ("_name_or_path", "transformers_version", "dtype", "torch_dtype")}
-            proc = {k: getattr(self.processor, k, None) for k in ("crop_size", "size", "image_mean", "image_std")}
+            proc = {k: getattr(self.processor, k, None)
+                    for k in ("crop_size", "size", "image_mean", "image_std")}
             h = hashlib.sha256(json.dumps([conf, proc], sort_keys=True, default=str).encode())
             encoder = self.model.encoder
             for p in (encoder.embeddings.patch_embeddings.proj.weight, encoder.layernorm.weight):
@@ -313,7 +320,8 @@ class VJEPAEncoder(nn.Module):
 class PredictorHead(nn.Module):
     """(masked_emb (B, D), mask_frac (B,)) -> predicted clean embedding (B, D).
 
-    LayerNorm(D) -> concat mask_frac -> Linear(D+1, H) -> GELU -> Dropout -> Linear(H, D), as in the research."""
+    LayerNorm(D) -> concat mask_frac -> Linear(D+1, H) -> GELU -> Dropout -> Linear(H, D), as in the
+    research."""
 
     def __init__(self, embed_dim, hidden_dim=1024, dropout=0.1):
         super().__init__()
@@ -322,7 +330,8 @@ class PredictorHead(nn.Module):
                                  nn.Linear(hidden_dim, embed_dim))
 
     def forward(self, masked_emb, mask_frac):
-        return self.mlp(torch.cat([self.norm(masked_emb), mask_frac.unsqueeze(1).to(masked_emb.dtype)], dim=1))
+        return self.mlp(torch.cat([self.norm(masked_emb), mask_frac.unsqueeze(1).to(masked_emb.dtype)],
+                                  dim=1))
 
 
 def jepa_loss(pred_emb, clean_emb):
@@ -519,7 +528,8 @@ def score_clips(encoder, head, clips, cfg, workers):
 # ==================================================================================================
 
 def save_checkpoint(path, head, optimizer, epoch, config, best_metric, **extra):
-    """Atomically save the predictor head and everything needed to rebuild and resume it (plain types only)."""
+    """Atomically save the predictor head and everything needed to rebuild and resume it (plain types
+    only)."""
     ckpt = {"format_version": FORMAT_VERSION, "model_state": head.state_dict(),
             "optimizer_state": optimizer.state_dict() if optimizer is not None else None,
             "epoch": epoch, "config": config, "best_metric": best_metric, **extra}
@@ -539,9 +549,11 @@ def load_checkpoint(path):
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # UnpicklingError for unsafe pickles, RuntimeError/EOFError for torn or foreign files
-        raise cli.UserError(f"{path}: not a jepa-clips checkpoint (or one that would run code); refusing to load it")
+        raise cli.UserError(f"{path}: not a jepa-clips checkpoint "
+                            "(or one that would run code); refusing to load it")
     wrong = [k for k, kind in CHECKPOINT_TYPES.items()
-             if not isinstance(ckpt, dict) or not isinstance(ckpt.get(k), kind) or isinstance(ckpt.get(k), bool)]
+             if not isinstance(ckpt, dict) or not isinstance(ckpt.get(k), kind)
+             or isinstance(ckpt.get(k), bool)]
     if wrong:
         raise cli.UserError(f"{path}: not a jepa-clips checkpoint ({', '.join(wrong)} missing or malformed)")
     if ckpt["format_version"] > FORMAT_VERSION:
@@ -566,9 +578,9 @@ def head_from_checkpoint(ckpt, path, device="cpu"):
 def check_encoder_matches(ckpt, encoder, ckpt_path):
     """Refuse to pair a head with an encoder other than the one it was trained on."""
     if ckpt["embed_dim"] != encoder.embed_dim:
-        raise cli.UserError(f"{ckpt_path}: head expects {ckpt['embed_dim']}-d embeddings but encoder {encoder.name!r} "
-                        f"gives {encoder.embed_dim}-d; pass the training encoder ({ckpt['encoder_name']!r}) "
-                        f"with --encoder/ENCODER=")
+        raise cli.UserError(f"{ckpt_path}: head expects {ckpt['embed_dim']}-d embeddings but encoder "
+                        f"{encoder.name!r} gives {encoder.embed_dim}-d; pass the training encoder "
+                        f"({ckpt['encoder_name']!r}) with --encoder/ENCODER=")
     if ckpt["encoder_fingerprint"] != encoder.fingerprint:
         raise cli.UserError(f"{ckpt_path}: trained on encoder {ckpt['encoder_name']!r} (fingerprint "
                         f"{ckpt['encoder_fingerprint']}), but {encoder.name!r} has fingerprint "
@@ -590,7 +602,8 @@ class Scorer(NamedTuple):
 
 def load_for_scoring(args):
     """A Scorer for eval.py/infer.py: the training config, of which only cli.MAY_CHANGE["scoring"] keys may be
-    overridden (masks must match training), and the encoder checked against the one the head was trained on."""
+    overridden (masks must match training), and the encoder checked against the one the head was trained
+    on."""
     ckpt = load_checkpoint(args.checkpoint)
     cfg = cli.load_config(None, args.set, base=ckpt["config"], **cli.config_flags(args))
     cli.refuse_changes(ckpt["config"], cfg, "scoring", f"the training config of {args.checkpoint}",

@@ -4,24 +4,29 @@ download or from folders of frames, and check one.
 Usage:
   python manifest.py nuscenes --dataroot /data/nuscenes --version v1.0-mini --cameras CAM_FRONT \
       --frames 16 --stride 16 --source samples --output data/manifests/nuscenes_mini.jsonl
-  python manifest.py frames --frames-dir /data/drives --frames 16 --stride 16 --output data/manifests/drives.jsonl
+  python manifest.py frames --frames-dir /data/drives --frames 16 --stride 16 \
+      --output data/manifests/drives.jsonl
   python manifest.py check --manifest data/manifests/nuscenes_mini.jsonl [--data-root /data/nuscenes]
   (make manifest NUSCENES=... | FRAMES_DIR=... ; make check MANIFEST=... [DATA_ROOT=...])
 
-nuscenes: reads VERSION/{scene,sample,sample_data,calibrated_sensor,sensor}.json directly (no nuscenes-devkit).
-  --source samples takes the key frames (2 Hz) of each scene's samples; --source sweeps takes every camera frame
-  (~12 Hz) along the sample_data prev/next chain. Clips are windows of --frames frames every --stride frames per
-  scene and camera (a partial tail is dropped). frame_paths are relative to the dataroot, as in sample_data, so
-  pass --data-root DATAROOT (DATA_ROOT=) to check/train/eval/infer unless the manifest is written into it.
-  Frames listed in the tables but missing on disk are counted and the clips that need them are left out.
+nuscenes: reads VERSION/{scene,sample,sample_data,calibrated_sensor,sensor}.json directly (no
+nuscenes-devkit).
+  --source samples takes the key frames (2 Hz) of each scene's samples; --source sweeps takes every camera
+  frame (~12 Hz) along the sample_data prev/next chain. Clips are windows of --frames frames every --stride
+  frames per scene and camera (a partial tail is dropped). frame_paths are relative to the dataroot, as in
+  sample_data, so pass --data-root DATAROOT (DATA_ROOT=) to check/train/eval/infer unless the manifest is
+  written into it. Frames listed in the tables but missing on disk are counted and the clips that need them
+  are left out.
 frames: one sub-folder per scene under --frames-dir, holding images directly or in per-camera sub-folders;
   frames sort naturally (frame_2 before frame_10); frame_paths are relative to the manifest's own folder,
   computed from the paths as given (symlinks are kept, never resolved), or absolute where no relative path
   from the manifest's folder reaches the frame.
-Splits: --split for all clips; else the official split where vendored here (the v1.0-mini lists, and `test` for
-  v1.0-test); else a seeded split by whole scenes: round(20%) of those scenes go to val, at least one when there
-  are two or more, so with few scenes the clip counts are far from 80/20 (the summary says what was drawn). The
-  official v1.0-trainval lists (850 scenes) are not vendored: trainval scenes get the seeded split.
+Splits: --split for all clips; else the official split where vendored here (the v1.0-mini lists, and `test`
+for
+  v1.0-test); else a seeded split by whole scenes: round(20%) of those scenes go to val, at least one when
+  there are two or more, so with few scenes the clip counts are far from 80/20 (the summary says what was
+  drawn). The official v1.0-trainval lists (850 scenes) are not vendored: trainval scenes get the seeded
+  split.
 check: prints a summary, `warning: file:line: what` and `error: file:line: what` lines; exit 1 on any error.
 """
 import argparse
@@ -49,9 +54,11 @@ IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 # ---- reading manifests (train.py, eval.py, infer.py and check use these) ----
 
-MAX_LISTED = 100  # problems listed one per line before the rest are counted: a broken 1M-line file stays readable
+# problems listed one per line before the rest are counted: a broken 1M-line file stays readable
+MAX_LISTED = 100
 DERIVED_ID_RULE = ("a line without clip_id gets SCENE__CAMERA__HASH, HASH = the first 10 hex digits of the "
-                   "SHA-1 of its frame list as JSON; the id also seeds the clip's masks, so ids must be stable")
+                   "SHA-1 of its frame list as JSON; the id also seeds the clip's masks, "
+                   "so ids must be stable")
 
 
 def derived_clip_id(scene, camera, frames):
@@ -60,7 +67,8 @@ def derived_clip_id(scene, camera, frames):
 
 
 def _clip_fields(raw, where):
-    """Validate one manifest line (either research style): (clip_id, frames as written) or a problem string."""
+    """Validate one manifest line (either research style): (clip_id, frames as written) or a problem
+    string."""
     if not isinstance(raw, dict):
         return f"{where}: expected a JSON object"
     frames = raw.get("frame_paths", raw.get("frames"))
@@ -100,8 +108,8 @@ def _decode_line(raw, where, what):
 
 
 def jsonl_lines(path, what="manifest"):
-    """Yield (line number, `file:line`, object, problem, byte offset) per non-blank line of a JSONL file, reading
-    it as a stream; object is None and problem says why when the line is not UTF-8 or not JSON."""
+    """Yield (line number, `file:line`, object, problem, byte offset) per non-blank line of a JSONL file,
+    reading it as a stream; object is None and problem says why when the line is not UTF-8 or not JSON."""
     with open(path, "rb") as f:
         offset = 0
         for line, raw in enumerate(f, 1):
@@ -138,7 +146,8 @@ def read_jsonl(path, what, hint=""):
             problems.append(f"{where}: expected a JSON object with a string clip_id")
             continue
         if obj["clip_id"] in seen:
-            problems.append(f"{where}: duplicate clip_id {obj['clip_id']!r} (first on line {seen[obj['clip_id']]})")
+            problems.append(f"{where}: duplicate clip_id {obj['clip_id']!r} (first on line "
+                            f"{seen[obj['clip_id']]})")
             continue
         seen[obj["clip_id"]] = line
         rows.append((where, obj))
@@ -154,7 +163,8 @@ def _manifest_base(path, root):
 
 
 def parse_manifest(path, root=None, tubelet_size=2):
-    """Read a JSONL manifest into (clip dicts, problems); frames resolve against `root` or the manifest's folder.
+    """Read a JSONL manifest into (clip dicts, problems); frames resolve against `root` or the manifest's
+    folder.
 
     Each problem is one `file:line: what` string; lines with problems are left out of the clips."""
     path = Path(path)
@@ -210,16 +220,16 @@ class ClipIndex:
 
     def tail(self, start):
         """The clips from position `start` on (views of the same arrays)."""
-        return ClipIndex(self.path, self.base, self.offsets[start:], self.lines[start:], self.frame_counts[start:],
-                         self.id_hashes[start:], self.fingerprint)
+        return ClipIndex(self.path, self.base, self.offsets[start:], self.lines[start:],
+                         self.frame_counts[start:], self.id_hashes[start:], self.fingerprint)
 
     def __getstate__(self):  # a worker reopens the file itself
         return {**self.__dict__, "_file": None, "_pid": None}
 
 
 def id_hash(clip_id):
-    """64-bit hash of a clip_id: how ClipIndex finds duplicates and matches output lines without keeping the ids.
-    Python's own string hash: fast, and stable within a process, the only place these hashes live."""
+    """64-bit hash of a clip_id: how ClipIndex finds duplicates and matches output lines without keeping the
+    ids. Python's own string hash: fast, and stable within a process, the only place these hashes live."""
     return hash(clip_id)
 
 
@@ -326,7 +336,8 @@ def manifest_fingerprint(records):
 
 
 def assign_splits(records, seed, val_fraction=0.2, use_manifest_split=True):
-    """Split per clip: the manifest's `split` when given, else a seeded split by scene (by clip under 5 scenes)."""
+    """Split per clip: the manifest's `split` when given, else a seeded split by scene (by clip under 5
+    scenes)."""
     if not use_manifest_split:
         records = [dict(r, split=None) for r in records]
     free = [r for r in records if r["split"] is None]
@@ -364,10 +375,12 @@ def check_window(frames, stride):
 
 
 def cut(sequences, frames, stride):
-    """(sequence, window of items) for every full window; prints a warning for each sequence that is too short."""
+    """(sequence, window of items) for every full window; prints a warning for each sequence that is too
+    short."""
     for seq in sequences:
         if len(seq["items"]) < frames:
-            print(f"warning: {seq['label']}: {len(seq['items'])} frame(s), fewer than --frames {frames}; no clip",
+            print(f"warning: {seq['label']}: {len(seq['items'])} frame(s), "
+                  f"fewer than --frames {frames}; no clip",
                   file=sys.stderr)
         for start in range(0, len(seq["items"]) - frames + 1, stride):
             yield seq, start, seq["items"][start:start + frames]
@@ -388,7 +401,8 @@ def write_manifest(path, rows, splits_of, rules=()):
     cli.atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
     splits = Counter(r["split"] for r in rows)
     print(f"wrote {len(rows)} clips to {path}: {len({r['scene_id'] for r in rows})} scenes, "
-          f"{len({r['camera'] for r in rows})} cameras, " + ", ".join(f"{k} {v}" for k, v in sorted(splits.items())))
+          f"{len({r['camera'] for r in rows})} cameras, "
+          + ", ".join(f"{k} {v}" for k, v in sorted(splits.items())))
     for rule in rules:
         print(f"splits: {rule}")
 
@@ -405,8 +419,8 @@ def split_chooser(fixed, official, scenes, seed, official_name="official"):
         parts.append(f"{len(scenes) - len(free)} scene(s) by the {official_name} split")
     if free:
         n_val = sum(v == "val" for v in seeded.values())
-        parts.append(f"seed {seed} drew {n_val} of {len(free)} scenes as val (20% rounded, at least 1 of 2 or more); "
-                     f"clips go with their scene")
+        parts.append(f"seed {seed} drew {n_val} of {len(free)} scenes as val (20% rounded, at least 1 of 2 "
+                     "or more); clips go with their scene")
     return (lambda scene: official.get(scene) or seeded[scene]), parts
 
 
@@ -420,7 +434,8 @@ def load_tables(dataroot, version):
                              f"and samples/)")
     folder = root / version
     if not folder.is_dir():
-        found = ", ".join(sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.startswith("v1.0"))) or "none"
+        found = ", ".join(sorted(p.name for p in root.iterdir() if p.is_dir()
+                                 and p.name.startswith("v1.0"))) or "none"
         raise cli.UserError(f"{folder}: version folder not found (VERSION={version}; found: {found})")
     tables = {}
     for name in TABLES:
@@ -442,7 +457,8 @@ def camera_channels(tables):
     """calibrated_sensor_token -> camera channel: sample_data names only its calibrated sensor, whose
     sensor_token leads to the sensor row holding the channel (CAM_FRONT, ...) and modality."""
     cams = {s["token"]: s["channel"] for s in tables["sensor"] if s.get("modality") == "camera"}
-    return {c["token"]: cams[c["sensor_token"]] for c in tables["calibrated_sensor"] if c["sensor_token"] in cams}
+    return {c["token"]: cams[c["sensor_token"]] for c in tables["calibrated_sensor"]
+            if c["sensor_token"] in cams}
 
 
 def pick_cameras(spec, available):
@@ -474,14 +490,16 @@ def nuscenes_sequences(tables, cameras, source):
     keyframe = {(r["sample_token"], channel[r["calibrated_sensor_token"]]): r for r in tables["sample_data"]
                 if r["is_key_frame"] and channel.get(r["calibrated_sensor_token"]) in cameras}
     for scene in sorted(tables["scene"], key=lambda s: s["name"]):
-        in_scene = lambda row, tok=scene["token"]: samples.get(row["sample_token"], {}).get("scene_token") == tok
+        in_scene = lambda row, tok=scene["token"]: (
+            samples.get(row["sample_token"], {}).get("scene_token") == tok)
         chain = [s["token"] for s in follow(samples, scene["first_sample_token"], "next", lambda s: True)]
         for cam in cameras:
             rows = [keyframe[s, cam] for s in chain if (s, cam) in keyframe]
             if source == "sweeps" and rows:  # walk back from the first key frame, then forward to the end
                 rows = list(follow(data, rows[0]["prev"], "prev", in_scene))[::-1] + \
                     list(follow(data, rows[0]["token"], "next", in_scene))
-                rows.sort(key=lambda r: r["timestamp"])  # the chain is already in time order; this only guards it
+                # the chain is already in time order; this only guards it
+                rows.sort(key=lambda r: r["timestamp"])
             yield {"scene": scene["name"], "camera": cam, "label": f"{scene['name']} {cam}", "items": rows}
 
 
@@ -493,8 +511,8 @@ def nuscenes_manifest(args):
         cameras = pick_cameras(args.cameras, set(camera_channels(tables).values()))
         seqs = list(nuscenes_sequences(tables, cameras, args.source))
     except (KeyError, TypeError) as e:  # a record without a field the schema has
-        raise cli.UserError(f"{Path(args.dataroot) / args.version}: the tables do not follow the nuScenes schema "
-                            f"(no {e} in a record); re-extract the {args.version} metadata")
+        raise cli.UserError(f"{Path(args.dataroot) / args.version}: the tables do not follow the nuScenes "
+                            f"schema (no {e} in a record); re-extract the {args.version} metadata")
     listed = {r["filename"] for seq in seqs for r in seq["items"]}
     missing = {f for f in listed if not os.path.isfile(os.path.join(args.dataroot, f))}
     rows, skipped = [], 0
@@ -505,16 +523,18 @@ def nuscenes_manifest(args):
         first, last = window[0]["timestamp"], window[-1]["timestamp"]
         rows.append({"clip_id": f"{seq['scene']}__{seq['camera']}__{first}__{last}", "split": None,
                      "scene_id": seq["scene"], "camera": seq["camera"],
-                     "frame_paths": [r["filename"] for r in window], "timestamps": [r["timestamp"] for r in window]})
+                     "frame_paths": [r["filename"] for r in window],
+                     "timestamps": [r["timestamp"] for r in window]})
     if missing:
-        print(f"warning: {len(missing)} of {len(listed)} frame files listed for these cameras are missing under "
-              f"{args.dataroot} (partial download?), e.g. {min(missing)}; skipped {skipped} clip(s) that need them",
+        print(f"warning: {len(missing)} of {len(listed)} frame files listed for these cameras are missing "
+              f"under {args.dataroot} (partial download?), e.g. {min(missing)}; "
+              f"skipped {skipped} clip(s) that need them",
               file=sys.stderr)
     official = MINI_SPLITS if args.version == "v1.0-mini" else {}
     if args.version == "v1.0-test":
         official = {s["name"]: "test" for s in tables["scene"]}
-    write_manifest(args.output, rows, *split_chooser(args.split, official, {r["scene_id"] for r in rows}, args.seed,
-                                                     f"official {args.version}"))
+    write_manifest(args.output, rows, *split_chooser(args.split, official, {r["scene_id"] for r in rows},
+                                                     args.seed, f"official {args.version}"))
     if Path(args.output).resolve().parent != Path(args.dataroot).resolve():
         print(f"frame paths are relative to {args.dataroot}: pass DATA_ROOT={args.dataroot} "
               f"(--data-root) to make check, train, eval and infer")
@@ -529,10 +549,12 @@ def images_in(folder):
 
 
 def folder_sequences(frames_dir):
-    """One sequence per scene folder (camera `unknown`: no camera is named) and per camera sub-folder in it."""
+    """One sequence per scene folder (camera `unknown`: no camera is named) and per camera sub-folder in
+    it."""
     root = Path(frames_dir)
     if not root.is_dir():
-        raise cli.UserError(f"{root}: frames folder not found (FRAMES_DIR= a folder with one sub-folder per scene)")
+        raise cli.UserError(f"{root}: frames folder not found "
+                            "(FRAMES_DIR= a folder with one sub-folder per scene)")
     subdirs = lambda p: sorted((d for d in p.iterdir() if d.is_dir() and not d.name.startswith(".")),
                                key=lambda d: natural_key(d.name))
     for scene in subdirs(root):
@@ -548,7 +570,8 @@ def manifest_path(frame, out_dir):
     """How a manifest in `out_dir` records `frame`: relative to out_dir, computed from both paths as the user
     gave them (made absolute, symlinks kept: resolving them made paths climb to / and back down the link's
     target). Absolute, as given, when the two share nothing but the filesystem root, or when no relative path
-    leads from out_dir to the same file (an out_dir reached through a symlink, where `..` leaves its target)."""
+    leads from out_dir to the same file (an out_dir reached through a symlink, where `..` leaves its
+    target)."""
     absolute = os.path.abspath(frame)
     try:
         common = os.path.commonpath([absolute, out_dir])
@@ -578,12 +601,14 @@ def frames_manifest(args):
     out_dir = os.path.dirname(os.path.abspath(args.output))
     rows = []
     for seq, start, window in cut(seqs, args.frames, args.stride):
-        # Paths relative to the manifest's folder, which jepa resolves against by default: no DATA_ROOT needed.
+        # Paths relative to the manifest's folder, which jepa resolves against by default:
+        # no DATA_ROOT needed.
         # No `timestamps`: file names carry no timing, and invented ones would pass for real microseconds.
         rows.append({"clip_id": f"{seq['scene']}__{seq['camera']}__{start:06d}", "split": None,
                      "scene_id": seq["scene"], "camera": seq["camera"],
                      "frame_paths": [manifest_path(p, out_dir) for p in window]})
-    write_manifest(args.output, rows, *split_chooser(args.split, {}, {r["scene_id"] for r in rows}, args.seed))
+    write_manifest(args.output, rows,
+                   *split_chooser(args.split, {}, {r["scene_id"] for r in rows}, args.seed))
 
 
 # ---- check ----
@@ -595,7 +620,8 @@ def image_header(path):
 
 
 def check_manifest(args):
-    """Summary on stdout, warnings on stderr; UserError (exit 1) with every error, in the messages train.py uses."""
+    """Summary on stdout, warnings on stderr; UserError (exit 1) with every error, in the messages train.py
+    uses."""
     if not args.manifest:
         raise cli.UserError("--manifest: pass MANIFEST=path/to/clips.jsonl")
     tubelet = args.tubelet_size or cli.load_config()["data"]["tubelet_size"]
@@ -609,9 +635,10 @@ def check_manifest(args):
                 if status[f] is None:
                     size, orientation = image_header(f)
                     sizes[size] += 1
-                    if orientation != 1:  # the research pipeline never transposes: such a frame is fed sideways
-                        warnings.append(f"{where}: frame {f}: EXIF orientation {orientation} is ignored (frames "
-                                        f"are used as stored); rotate the file if it is meant upright")
+                    # the research pipeline never transposes: such a frame is fed sideways
+                    if orientation != 1:
+                        warnings.append(f"{where}: frame {f}: EXIF orientation {orientation} is ignored "
+                                        "(frames are used as stored); rotate the file if it is meant upright")
             if status[f]:
                 errors.append(f"{where}: frame {f}: {status[f]}")
         earlier = [owner[f] for f in rec["frames"] if owner.get(f, rec) is not rec]
@@ -644,14 +671,17 @@ def parse_args(argv=None):
 
     def window_flags(q):
         q.add_argument("--frames", type=int, default=16, help="frames per clip (at least one tubelet)")
-        q.add_argument("--stride", type=int, default=16, help="frames between clip starts (= --frames: no overlap)")
+        q.add_argument("--stride", type=int, default=16,
+                       help="frames between clip starts (= --frames: no overlap)")
         q.add_argument("--split", choices=("train", "val", "test"), help="give every clip this split")
-        q.add_argument("--seed", type=int, default=0, help="seed of the 80/20 scene split outside official lists")
+        q.add_argument("--seed", type=int, default=0,
+                       help="seed of the 80/20 scene split outside official lists")
         q.add_argument("--output", required=True, help="manifest to write (JSONL; folders are created)")
 
     n = sub.add_parser("nuscenes", help="clips from a nuScenes download")
     n.add_argument("--dataroot", required=True, help="nuScenes folder holding VERSION/, samples/ and sweeps/")
-    n.add_argument("--version", default="v1.0-mini", help="metadata folder: v1.0-mini, v1.0-trainval, v1.0-test")
+    n.add_argument("--version", default="v1.0-mini",
+                   help="metadata folder: v1.0-mini, v1.0-trainval, v1.0-test")
     n.add_argument("--cameras", default="CAM_FRONT", help="camera channels, comma separated, or all")
     n.add_argument("--source", choices=("samples", "sweeps"), default="samples",
                    help="samples: key frames (2 Hz); sweeps: every camera frame (~12 Hz)")
@@ -661,14 +691,17 @@ def parse_args(argv=None):
     window_flags(f)
     c = sub.add_parser("check", help="validate a manifest and its frames before encoding")
     c.add_argument("--manifest", required=True, help="JSONL manifest to check")
-    c.add_argument("--data-root", help="folder relative frame paths resolve against (default: the manifest's)")
-    c.add_argument("--tubelet-size", type=int, help="frames per tubelet (default: data.tubelet_size of config.yaml)")
+    c.add_argument("--data-root",
+                   help="folder relative frame paths resolve against (default: the manifest's)")
+    c.add_argument("--tubelet-size", type=int,
+                   help="frames per tubelet (default: data.tubelet_size of config.yaml)")
     return p.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    return {"nuscenes": nuscenes_manifest, "frames": frames_manifest, "check": check_manifest}[args.command](args)
+    return {"nuscenes": nuscenes_manifest, "frames": frames_manifest,
+            "check": check_manifest}[args.command](args)
 
 
 if __name__ == "__main__":

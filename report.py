@@ -650,8 +650,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    cli.check_output(args.output, {"--scores": args.scores, "--manifest": args.manifest, "--labels": args.labels,
-                                    "--selection": args.selection})
+    cli.check_output(args.output, {"--scores": args.scores, "--manifest": args.manifest,
+                                    "--labels": args.labels, "--selection": args.selection})
     if args.top < 1 or args.bottom < 0 or args.thumbs < 1 or args.preview_frames < 0:
         raise cli.UserError("--top and --thumbs must be >= 1, --bottom and --preview-frames >= 0")
     if args.data_root and not args.manifest:

@@ -2,15 +2,16 @@
 
 Usage:
   python train.py --manifest clips.jsonl [--run-dir experiments/run] [--encoder NAME_OR_DIR] [--lr 1e-3]
-                  [--epochs 30] [--batch-size 8] [--seed 42] [--device auto] [--resume] [--set section.key=value]
+                  [--epochs 30] [--batch-size 8] [--seed 42] [--device auto] [--resume]
+                  [--set section.key=value]
   make train MANIFEST=clips.jsonl LR=1e-3 [RESUME=1]
 
 Stages: (1) resolve the config and the train/val split; (2) encode every train/val tubelet once, clean and
-masked, into feature chunks under RUN/features/ (fingerprinted; a kill loses at most one chunk), or reuse them;
-(3) build the head, or restore it on --resume; (4) train for training.epochs, writing RUN/metrics.jsonl and
-last.pt / best.pt / epoch_NNN.pt. --resume continues any stage exactly (--epochs is the total) and reads the
-run's own manifest unless --manifest is given. --features reuses another run's features without re-encoding
-(read-only: clips it lacks are encoded into this run's folder).
+masked, into feature chunks under RUN/features/ (fingerprinted; a kill loses at most one chunk), or reuse
+them; (3) build the head, or restore it on --resume; (4) train for training.epochs, writing RUN/metrics.jsonl
+and last.pt / best.pt / epoch_NNN.pt. --resume continues any stage exactly (--epochs is the total) and reads
+the run's own manifest unless --manifest is given. --features reuses another run's features without
+re-encoding (read-only: clips it lacks are encoded into this run's folder).
 """
 import argparse
 import hashlib
@@ -34,16 +35,18 @@ TRAIN_FLAGS = ["encoder", "data_root", "lr", "epochs", "batch_size", "seed"]
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML with the keys to change (defaults: the shipped config.yaml)")
-    p.add_argument("--manifest", help="JSONL manifest of clips (train/val by its split field); with --resume, "
-                                      "default: the manifest the run started with")
-    p.add_argument("--run-dir", default="experiments/run", help="run folder for features, checkpoints, metrics "
-                                                                "(default: %(default)s)")
+    p.add_argument("--manifest", help="JSONL manifest of clips (train/val by its split field); with "
+                                      "--resume, default: the manifest the run started with")
+    p.add_argument("--run-dir", default="experiments/run", help="run folder for features, checkpoints, "
+                                                                "metrics (default: %(default)s)")
     cli.add_config_flags(p, TRAIN_FLAGS)
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
-    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from where it stopped")
-    p.add_argument("--features", help="reuse the encoded features of another run folder (fingerprint-checked, "
-                                      "never written to)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key, repeatable")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --run-dir from where it stopped")
+    p.add_argument("--features", help="reuse the encoded features of another run folder "
+                                      "(fingerprint-checked, never written to)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any config key, repeatable")
     return p.parse_args(argv)
 
 
@@ -77,8 +80,8 @@ def resolve_config(args, run_dir):
 
 
 def resolve_manifest(args, run_dir):
-    """The manifest to read: --manifest, or on --resume the one recorded in RUN/manifest.json (refused when the
-    file changed since, as its features would no longer match)."""
+    """The manifest to read: --manifest, or on --resume the one recorded in RUN/manifest.json (refused when
+    the file changed since, as its features would no longer match)."""
     if args.manifest:
         return args.manifest
     record = run_dir / "manifest.json"
@@ -90,20 +93,22 @@ def resolve_manifest(args, run_dir):
     path = recorded["path"]
     if not Path(path).is_file() or cli.file_sha256(path) != recorded["sha256"]:
         raise cli.UserError(f"{path}: the manifest of {run_dir} is gone or changed since the run started; "
-                             f"pass --manifest to say which file to use (its clips must match the run's features)")
+                             "pass --manifest to say which file to use "
+                             "(its clips must match the run's features)")
     return path
 
 
 def load_splits(manifest, cfg):
     """Read and validate the manifest and split it; every frame is checked before anything is encoded."""
     records = read_manifest(manifest, cfg["data"]["root"], cfg["data"]["tubelet_size"])
-    splits = assign_splits(records, cfg["seed"], cfg["data"]["val_fraction"], cfg["data"]["use_manifest_split"])
+    splits = assign_splits(records, cfg["seed"], cfg["data"]["val_fraction"],
+                           cfg["data"]["use_manifest_split"])
     result = Splits([r for r, s in zip(records, splits) if s == "train"],
                     [r for r, s in zip(records, splits) if s == "val"])
     if not result.train:
         raise cli.UserError(f"{manifest}: no clips to train on ({splits.count('test')} of {len(records)} "
-                             f"are split=test, which is never trained on); use a manifest with train/val clips, "
-                             f"or --set data.use_manifest_split=false to draw a seeded split instead")
+                             "are split=test, which is never trained on); use a manifest with train/val "
+                             "clips, or --set data.use_manifest_split=false to draw a seeded split instead")
     check_frames(result.train + result.val, manifest)
     return result
 
@@ -162,8 +167,8 @@ def read_chunks(feat_dir):
             columns = [data[k].split(data["counts"]) for k in ("clean", "masked", "mask_frac")]
             features.update(zip(data["clip_ids"], map(jepa.TubeletFeatures._make, zip(*columns))))
         except Exception as e:  # torn, foreign or hand-edited file: any failure means the same
-            raise cli.UserError(f"{path}: corrupt feature chunk ({type(e).__name__}); delete it and rerun with "
-                                 f"--resume to encode just that part again")
+            raise cli.UserError(f"{path}: corrupt feature chunk ({type(e).__name__}); delete it and rerun "
+                                 "with --resume to encode just that part again")
     return features
 
 
@@ -174,8 +179,8 @@ def load_or_encode_features(encoder, clips, cfg, folders, fingerprint, workers):
     own, source = folders
     for folder in filter(None, (source, own if (own / "fingerprint.json").exists() else None)):
         if read_fingerprint(folder) != fingerprint:
-            raise cli.UserError(f"{folder}: features were encoded with another encoder, manifest or data/mask "
-                                 f"settings; use a new --run-dir (without --features {folder})")
+            raise cli.UserError(f"{folder}: features were encoded with another encoder, manifest or "
+                                 f"data/mask settings; use a new --run-dir (without --features {folder})")
     features = {**(read_chunks(source) if source else {}), **(read_chunks(own) if own.is_dir() else {})}
     todo = [c for c in clips if c["clip_id"] not in features]
     if todo:  # this run's own folder, created only when there is something to encode
@@ -205,7 +210,8 @@ def encode_chunks(encoder, clips, cfg, feat_dir, workers):
             data = {"clip_ids": ids, "clean": rows.clean_emb, "masked": rows.masked_emb,
                     "mask_frac": rows.mask_frac, "counts": [len(features[c].mask_frac) for c in ids]}
             cli.atomic_write(feat_dir / f"chunk_{number:05d}.pt", lambda f: torch.save(data, f))
-            cli.kill_hook_for_tests("encode_chunk", number)  # test hook: no-op unless JEPA_TEST_KILL_AT is set
+            # test hook: no-op unless JEPA_TEST_KILL_AT is set
+            cli.kill_hook_for_tests("encode_chunk", number)
             ids = []
     return features
 
@@ -242,7 +248,8 @@ def build_or_resume_head(cfg, embed_dim, device, last, resume):
 
 
 def keep_checkpointed_epochs(metrics_path, start_epoch):
-    """Drop metrics lines of epochs after the last checkpoint (they are trained again) and a torn last line."""
+    """Drop metrics lines of epochs after the last checkpoint (they are trained again) and a torn last
+    line."""
     lines = metrics_path.read_text().splitlines() if metrics_path.exists() else []
     kept = [ln for ln in lines if ln.strip().endswith("}") and json.loads(ln)["epoch"] < start_epoch]
     cli.atomic_write_text(metrics_path, "".join(ln + "\n" for ln in kept))
@@ -252,8 +259,8 @@ def keep_checkpointed_epochs(metrics_path, start_epoch):
 
 def train_epochs(state, cfg, train_set, val_set, run_dir, identity):
     """Train up to training.epochs, one JSON line per epoch in metrics.jsonl; last.pt after every epoch (the
-    resume point is only ever a complete epoch), best.pt when the val loss improves, epoch_NNN.pt periodically.
-    Returns the best metric."""
+    resume point is only ever a complete epoch), best.pt when the val loss improves, epoch_NNN.pt
+    periodically. Returns the best metric."""
     t = cfg["training"]
     last, metrics_path, best = run_dir / "last.pt", run_dir / "metrics.jsonl", state.best
     keep_checkpointed_epochs(metrics_path, state.start_epoch)
@@ -263,7 +270,8 @@ def train_epochs(state, cfg, train_set, val_set, run_dir, identity):
             train_loss = jepa.train_epoch(state.head, state.optimizer, train_set, t["batch_size"],
                                           state.shuffle_gen, epoch)
         except FloatingPointError as e:
-            raise cli.UserError(f"{e}; stopped. The last good checkpoint {last} is intact (try a lower --lr)", 1)
+            raise cli.UserError(f"{e}; stopped. The last good checkpoint {last} is intact (try a lower --lr)",
+                                1)
         val_loss = jepa.validate_epoch(state.head, val_set, t["batch_size"])
         metric = val_loss if val_loss is not None else train_loss  # no val clips: best by train loss
         improved, best = metric < best, min(best, metric)
@@ -304,7 +312,8 @@ def main(argv=None):
     cfg = resolve_config(args, run_dir)
     splits = load_splits(resolve_manifest(args, run_dir), cfg)
     device = jepa.resolve_device(args.device)
-    encoder = jepa.VJEPAEncoder(cfg["model"]["encoder_name"], device)  # before the run folder: bad input leaves none
+    # before the run folder: bad input leaves none
+    encoder = jepa.VJEPAEncoder(cfg["model"]["encoder_name"], device)
     run_dir.mkdir(parents=True, exist_ok=True)
     with cli.exclusive_lock(run_dir / ".lock", f"run folder {run_dir}"):  # one writer per run folder
         snapshot_run(run_dir, cfg, resolve_manifest(args, run_dir))
@@ -312,14 +321,15 @@ def main(argv=None):
         train_set, val_set, identity = encode_stage(args, cfg, splits, encoder, device, run_dir)
         encode_s = time.time() - t0
         del encoder  # training the head does not need it: free its memory
-        print(f"{len(train_set.clean_emb)} train / {len(val_set.clean_emb)} val tubelets ({len(splits.train)} / "
-              f"{len(splits.val)} clips); encoding took {encode_s:.1f}s", flush=True)
+        print(f"{len(train_set.clean_emb)} train / {len(val_set.clean_emb)} val tubelets "
+              f"({len(splits.train)} / {len(splits.val)} clips); encoding took {encode_s:.1f}s", flush=True)
         state = build_or_resume_head(cfg, identity["embed_dim"], device, run_dir / "last.pt", args.resume)
         best = train_epochs(state, cfg, train_set, val_set, run_dir, identity)
         cli.atomic_write_text(run_dir / "timing.json", json.dumps({"encode_s": encode_s,
                                                                     "total_s": time.time() - t0}))
-    print(f"done: best {'val' if len(val_set.clean_emb) else 'train'} loss {best:.6f}; checkpoints in {run_dir} "
-          f"(best.pt, last.pt); total {time.time() - t0:.1f}s, encoding {encode_s:.1f}s", flush=True)
+    print(f"done: best {'val' if len(val_set.clean_emb) else 'train'} loss {best:.6f}; checkpoints in "
+          f"{run_dir} (best.pt, last.pt); total {time.time() - t0:.1f}s, encoding {encode_s:.1f}s",
+          flush=True)
 
 
 if __name__ == "__main__":

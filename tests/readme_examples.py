@@ -2,23 +2,24 @@
 
 Usage:
   python tests/readme_examples.py            # every example (several minutes; `make walk-readme`)
-  python tests/readme_examples.py --fast     # only the examples that need no encoder (seconds; in `make test`)
+  python tests/readme_examples.py --fast     # only the examples that need no encoder (seconds; make test)
   python tests/readme_examples.py --list     # what would run, what is skipped and why; runs nothing
   python tests/readme_examples.py --keep     # keep the temporary folder for a look afterwards
 
-Examples are the README's code blocks (indented by 4 spaces or fenced as sh/bash/shell/console) whose first word
-is a command (make, python, hf, ...). Their lines run in README order in one copy of the working tree (tracked and
-untracked, not ignored files), so a later example sees what an earlier one made, as a reader following along
-would. Stand-ins, so that no example needs the network, a GPU or a real dataset:
+Examples are the README's code blocks (indented by 4 spaces or fenced as sh/bash/shell/console) whose first
+word is a command (make, python, hf, ...). Their lines run in README order in one copy of the working tree
+(tracked and untracked, not ignored files), so a later example sees what an earlier one made, as a reader
+following along would. Stand-ins, so that no example needs the network, a GPU or a real dataset:
 - the real encoder: the demo's tiny random V-JEPA 2, installed in a Hugging Face cache (HF_HOME) under the hub
   id facebook/vjepa2-vitl-fpc64-256, and copied to /models/vjepa2-vitl-fpc64-256's stand-in folder;
 - /data/nuscenes: a small v1.0-mini tree (2 scenes, 6 cameras, 20 key frames each); /data/drives: 3 folders of
-  frames; data/train.jsonl, data/val.jsonl (+ data/val_labels.jsonl), data/fleet.jsonl and data/manifest.jsonl:
-  the demo's synthetic drives (manifest.jsonl is the fleet, a manifest other than train.jsonl);
+  frames; data/train.jsonl, data/val.jsonl (+ data/val_labels.jsonl), data/fleet.jsonl and
+  data/manifest.jsonl: the demo's synthetic drives (manifest.jsonl is the fleet, a manifest other than
+  train.jsonl);
 - ../shared: a link to this checkout's ../shared when there is one.
-Absolute paths above are rewritten to their stand-ins; placeholders (`...`, `best.pt`, `fleet.jsonl`) are filled
-from SUBSTITUTIONS; commands that cannot run here are in SKIP with the reason. A command left with a placeholder
-fails with a message naming it: extend SUBSTITUTIONS or SKIP when the README gains one.
+Absolute paths above are rewritten to their stand-ins; placeholders (`...`, `best.pt`, `fleet.jsonl`) are
+filled from SUBSTITUTIONS; commands that cannot run here are in SKIP with the reason. A command left with a
+placeholder fails with a message naming it: extend SUBSTITUTIONS or SKIP when the README gains one.
 Exit status 0 when every example that ran exited 0, else 1.
 """
 import argparse
@@ -59,13 +60,15 @@ NEEDS_NO_ENCODER = re.compile(r"^make (manifest|check|help)\b|^python3? manifest
 # ---- finding the examples ----
 
 def blocks(text):
-    """Code blocks of a Markdown text as (first line number, [lines]): 4-space indented blocks after a blank line
-    and outside lists' continuation text, and fenced blocks marked sh, bash, shell, console or nothing."""
+    """Code blocks of a Markdown text as (first line number, [lines]): 4-space indented blocks after a blank
+    line and outside lists' continuation text, and fenced blocks marked sh, bash, shell, console or
+    nothing."""
     lines, out, i = text.splitlines(), [], 0
     while i < len(lines):
         fence = re.match(r"^\s*```(\w*)\s*$", lines[i])
         if fence:
-            end = next((j for j in range(i + 1, len(lines)) if lines[j].strip().startswith("```")), len(lines))
+            end = next((j for j in range(i + 1, len(lines)) if lines[j].strip().startswith("```")),
+                       len(lines))
             if fence.group(1) in ("", "sh", "bash", "shell", "console"):
                 out.append((i + 2, [ln.removeprefix("$ ") for ln in lines[i + 1:end]]))
             i = end + 1
@@ -81,8 +84,9 @@ def blocks(text):
 
 
 def commands(text):
-    """Shell commands of the README's example blocks, in order: (line number, command). Backslash continuations
-    are joined, comment lines kept only for #SBATCH directives, trailing `# comments` dropped."""
+    """Shell commands of the README's example blocks, in order: (line number, command). Backslash
+    continuations are joined, comment lines kept only for #SBATCH directives, trailing `# comments`
+    dropped."""
     out = []
     for first, body in blocks(text):
         words = body[0].split() if body and body[0].strip() else []
@@ -95,7 +99,8 @@ def commands(text):
                 k += 1
                 line = line[:-1].rstrip() + " " + body[k].strip()
             k += 1
-            if not line.strip() or (line.lstrip().startswith("#") and not line.lstrip().startswith("#SBATCH")):
+            if not line.strip() or (line.lstrip().startswith("#")
+                                    and not line.lstrip().startswith("#SBATCH")):
                 continue
             out.append((number, strip_comment(line.strip())))
     return out
@@ -172,14 +177,16 @@ def fake_nuscenes(root, keyframes=20):
         for k, s in enumerate(samples):
             ts = 1532402927000000 + n * 10**8 + k * 500000
             t["sample"].append({"token": s, "timestamp": ts, "scene_token": tok(scene),
-                                "prev": samples[k - 1] if k else "", "next": samples[k + 1] if k + 1 < keyframes else ""})
+                                "prev": samples[k - 1] if k else "",
+                                "next": samples[k + 1] if k + 1 < keyframes else ""})
             for c in cams:
                 name = f"samples/{c}/{scene}__{c}__{ts}.jpg"
                 jpeg(root / name, 40 + 5 * k)
                 t["sample_data"].append({
                     "token": tok(scene, c, k), "sample_token": s, "calibrated_sensor_token": tok("calib", c),
                     "timestamp": ts, "is_key_frame": True, "filename": name, "fileformat": "jpg",
-                    "prev": tok(scene, c, k - 1) if k else "", "next": tok(scene, c, k + 1) if k + 1 < keyframes else ""})
+                    "prev": tok(scene, c, k - 1) if k else "",
+                    "next": tok(scene, c, k + 1) if k + 1 < keyframes else ""})
     (root / "v1.0-mini").mkdir(parents=True, exist_ok=True)
     for name, rows in t.items():
         (root / "v1.0-mini" / f"{name}.json").write_text(json.dumps(rows))
@@ -232,7 +239,8 @@ def stand_ins(tmp, fast):
 # ---- running them ----
 
 def run_all(steps, paths, env, cwd, log=print):
-    """Run the planned commands; returns [(line, command, status)] with status 'ok', 'skip: why' or 'FAIL ...'."""
+    """Run the planned commands; returns [(line, command, status)] with status 'ok', 'skip: why' or 'FAIL
+    ...'."""
     results, array = [], None
     for number, cmd, run, reason in steps:
         if cmd.startswith("#SBATCH"):
@@ -246,7 +254,8 @@ def run_all(steps, paths, env, cwd, log=print):
             run = run.replace(literal, str(stand_in))
         left = PLACEHOLDER.search(run.replace("../shared", ""))
         if left:
-            status = f"FAIL: placeholder {left.group(0)!r} left; add it to SUBSTITUTIONS or SKIP in {__file__}"
+            status = (f"FAIL: placeholder {left.group(0)!r} left; "
+                      f"add it to SUBSTITUTIONS or SKIP in {__file__}")
             log(f"FAIL     README:{number}: {cmd}\n         {status}")
             results.append((number, cmd, status))
             continue

@@ -12,7 +12,8 @@ import demo
 
 @pytest.fixture
 def one_thread():
-    """The tiny encoder's ops are too small for threads to pay off: on a busy CPU, 1 thread is several times faster."""
+    """The tiny encoder's ops are too small for threads to pay off: on a busy CPU, 1 thread is several times
+    faster."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -25,13 +26,15 @@ def test_demo_ranks_planted_clips_first(tmp_path, seed, one_thread):
     ranking = found["ranking"]
     assert ranking["trained"]["num_labelled"] == 18 and ranking["trained"]["num_positive"] == 3
     assert ranking["trained"]["average_precision"] > ranking["random"]["average_precision"], found["verdict"]
-    assert found["verdict"].startswith("verdict: the trained head ranks the planted clips best"), found["verdict"]
+    assert found["verdict"].startswith(
+        "verdict: the trained head ranks the planted clips best"), found["verdict"]
     assert sorted(found["ranks"].values())[-1] <= 6, found["ranks"]  # all within the report's top 6
     html = (tmp_path / "run" / "report.html").read_text().replace("<wbr>", "")
     top, bottom = re.split(r"<h2>Bottom", html, maxsplit=1)
     for clip_id in found["planted"]:
         assert clip_id in top.split("<h2>Top", 1)[1] and clip_id not in bottom, clip_id
-    labels = [json.loads(line) for line in (tmp_path / "data" / "fleet_labels.jsonl").read_text().splitlines()]
+    labels = [json.loads(line)
+              for line in (tmp_path / "data" / "fleet_labels.jsonl").read_text().splitlines()]
     assert sorted(r["clip_id"] for r in labels if r["binary_label"] == 1) == found["planted"]
     train = (tmp_path / "data" / "train.jsonl").read_text()
     assert "fleet_" not in train and all(json.loads(line).get("split") is None for line in train.splitlines())
@@ -41,15 +44,18 @@ def test_verdict_says_which_baseline_won():
     def ranking(trained, gap, rnd):
         return {m: {"average_precision": ap} for m, ap in (("trained", trained), ("masked_gap", gap),
                                                              ("random", rnd))}
-    assert demo.verdict(ranking(0.9, 0.5, 0.29)).startswith("verdict: the trained head ranks the planted clips best")
+    assert demo.verdict(ranking(0.9, 0.5, 0.29)).startswith(
+        "verdict: the trained head ranks the planted clips best")
     assert "training did not help" in demo.verdict(ranking(0.5, 0.9, 0.29))
     assert "no better than random" in demo.verdict(ranking(0.2, 0.9, 0.29))
     assert "nothing to rank" in demo.verdict(ranking(None, None, None))
-    assert all(len(demo.verdict(ranking(*v))) <= 110 for v in [(0.9, 0.5, 0.29), (0.5, 0.9, 0.29), (0.2, 0.9, 0.29)])
+    assert all(len(demo.verdict(ranking(*v))) <= 110
+               for v in [(0.9, 0.5, 0.29), (0.5, 0.9, 0.29), (0.2, 0.9, 0.29)])
 
 
 def test_fixture_data_is_unchanged(tmp_path):
-    """conftest's fixtures build on make_clips' defaults: 5 scenes x 3 clips x 8 frames, two labelled clips."""
+    """conftest's fixtures build on make_clips' defaults: 5 scenes x 3 clips x 8 frames, two labelled
+    clips."""
     manifest = demo.make_clips(tmp_path)
     rows = [json.loads(line) for line in manifest.read_text().splitlines()]
     assert len(rows) == 15 and all(len(r["frame_paths"]) == 8 for r in rows)

@@ -1,5 +1,6 @@
-"""Fleet-size manifests: streaming validation, shards that keep only their own clips, --shard auto on Slurm and
-Kubernetes arrays (the shipped examples, run as a 3-task array would run them), streaming merge refusals."""
+"""Fleet-size manifests: streaming validation, shards that keep only their own clips, --shard auto on Slurm
+and Kubernetes arrays (the shipped examples, run as a 3-task array would run them), streaming merge
+refusals."""
 import json
 import os
 import subprocess
@@ -61,23 +62,27 @@ def test_shard_auto_errors_are_one_line(env, message):
 
 def run_example(command, env):
     full = dict(os.environ, PYTHON=sys.executable, **env)
-    return subprocess.run(["bash", "-c", command], cwd=ROOT, env=full, capture_output=True, text=True, timeout=600)
+    return subprocess.run(["bash", "-c", command], cwd=ROOT, env=full, capture_output=True, text=True,
+                          timeout=600)
 
 
-def test_cluster_examples_as_a_3_task_array_merge_to_the_single_run(tmp_path, reference, tiny_encoder, demo_data,
-                                                                    scored):
-    common = {"CKPT": str(reference / "best.pt"), "MANIFEST": str(demo_data), "OUT_DIR": str(tmp_path / "slurm"),
-              "ENCODER": str(tiny_encoder), "SLURM_SUBMIT_DIR": str(ROOT)}
+def test_cluster_examples_as_a_3_task_array_merge_to_the_single_run(tmp_path, reference, tiny_encoder,
+                                                                    demo_data, scored):
+    common = {"CKPT": str(reference / "best.pt"), "MANIFEST": str(demo_data),
+              "OUT_DIR": str(tmp_path / "slurm"), "ENCODER": str(tiny_encoder), "SLURM_SUBMIT_DIR": str(ROOT)}
     for task in (1, 2, 3):  # sbatch --array=1-3
-        env = dict(common, SLURM_ARRAY_TASK_ID=str(task), SLURM_ARRAY_TASK_MIN="1", SLURM_ARRAY_TASK_COUNT="3")
+        env = dict(common, SLURM_ARRAY_TASK_ID=str(task), SLURM_ARRAY_TASK_MIN="1",
+                   SLURM_ARRAY_TASK_COUNT="3")
         proc = run_example("bash docs/slurm_score.sbatch", env)
         assert proc.returncode == 0, proc.stderr
     shards = sorted((tmp_path / "slurm").glob("shard-*.jsonl"))
     assert [len(s.read_text().splitlines()) for s in shards] == [5, 5, 5]
     merged = tmp_path / "all.jsonl"
-    assert infer.main(["--merge", *map(str, shards), "--manifest", str(demo_data), "--output", str(merged)]) == 0
+    assert infer.main(["--merge", *map(str, shards), "--manifest", str(demo_data), "--output",
+                       str(merged)]) == 0
     assert merged.read_bytes() == scored.read_bytes()
-    assert (tmp_path / "all.jsonl.emb.npy").read_bytes() == (scored.parent / "scores.jsonl.emb.npy").read_bytes()
+    assert ((tmp_path / "all.jsonl.emb.npy").read_bytes()
+            == (scored.parent / "scores.jsonl.emb.npy").read_bytes())
 
     score_job, merge_job = yaml.safe_load_all((ROOT / "docs" / "k8s_score_job.yaml").read_text())
     spec = score_job["spec"]
@@ -89,7 +94,8 @@ def test_cluster_examples_as_a_3_task_array_merge_to_the_single_run(tmp_path, re
     assert container["command"] == ["bash", "-c"]
     proc = run_example(container["args"][0], k8s)
     assert proc.returncode == 0, proc.stderr
-    assert (tmp_path / "k8s" / "shard-1.jsonl").read_bytes() == (tmp_path / "slurm" / "shard-2.jsonl").read_bytes()
+    assert ((tmp_path / "k8s" / "shard-1.jsonl").read_bytes()
+            == (tmp_path / "slurm" / "shard-2.jsonl").read_bytes())
     merge_args = merge_job["spec"]["template"]["spec"]["containers"][0]["args"][0]
     proc = run_example(merge_args, dict(common, OUT_DIR=str(tmp_path / "slurm")))
     assert proc.returncode == 0 and (tmp_path / "slurm" / "all.jsonl").read_bytes() == scored.read_bytes()
@@ -98,7 +104,8 @@ def test_cluster_examples_as_a_3_task_array_merge_to_the_single_run(tmp_path, re
 def fake_shard(path, clip_ids, sha="a", tail=""):
     path.write_text("".join(json.dumps({"clip_id": c, "score": 0.5}) + "\n" for c in clip_ids) + tail)
     np.save(f"{path}.emb.npy", np.zeros((len(clip_ids), 4), dtype="<f4"))
-    (path.parent / f"{path.name}.meta.json").write_text(json.dumps({"embed_dim": 4, "checkpoint_sha256": sha}))
+    (path.parent / f"{path.name}.meta.json").write_text(json.dumps({"embed_dim": 4,
+                                                                    "checkpoint_sha256": sha}))
     return str(path)
 
 

@@ -1,5 +1,6 @@
 """Hardening, one test per class: no hang on special files, no clobbered file, one writer at a time, memory
-bounded per clip, label mismatches, --features isolation, every error one line, messages that tell the truth."""
+bounded per clip, label mismatches, --features isolation, every error one line, messages that tell the
+truth."""
 import errno
 import json
 import os
@@ -22,7 +23,8 @@ FIXED = ["--set", "data.num_workers=0"]
 
 def clip_rows(tmp_path, frames):
     """A manifest with one clip per frame list; returns its path."""
-    return write_jsonl(tmp_path / "m.jsonl", [{"clip_id": f"c{i}", "scene": "s", "frame_paths": list(map(str, f))}
+    return write_jsonl(tmp_path / "m.jsonl", [{"clip_id": f"c{i}", "scene": "s",
+                                               "frame_paths": list(map(str, f))}
                                               for i, f in enumerate(frames)])
 
 
@@ -39,7 +41,8 @@ def test_fifo_frame_is_an_error_record_not_a_hang(tmp_path, reference, tiny_enco
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert proc.returncode == 1 and [r["score"] is None for r in rows] == [False, True, False]
     assert "not a regular file but a named pipe (FIFO)" in rows[1]["error"]
-    with pytest.raises(cli.UserError, match=r"m.jsonl:2: frame .*pipe.jpg: not a regular file but a named pipe"):
+    with pytest.raises(cli.UserError,
+                       match=r"m.jsonl:2: frame .*pipe.jpg: not a regular file but a named pipe"):
         check_frames(read_manifest(manifest), manifest)
     assert cli.special_file_problem("/dev/zero") == "not a regular file but a character device"
 
@@ -66,8 +69,8 @@ def test_outputs_never_replace_special_files_inputs_or_symlinks(tmp_path, refere
     shutil.copy(reference / "best.pt", ckpt_copy)
     before = ckpt_copy.read_bytes()
     for output, flag in ((ckpt_copy, "--checkpoint"), (demo_data, "--manifest")):
-        proc = run_script("eval.py", "--checkpoint", ckpt_copy, "--manifest", demo_data, "--encoder", tiny_encoder,
-                          "--output", output)
+        proc = run_script("eval.py", "--checkpoint", ckpt_copy, "--manifest", demo_data, "--encoder",
+                          tiny_encoder, "--output", output)
         assert proc.returncode == 2 and f"is also this command's {flag}" in proc.stderr
     proc = run_script("infer.py", "--checkpoint", ckpt_copy, "--manifest", demo_data, "--output", demo_data)
     assert proc.returncode == 2 and "is also this command's --manifest" in proc.stderr
@@ -79,8 +82,8 @@ def test_outputs_never_replace_special_files_inputs_or_symlinks(tmp_path, refere
 def test_second_writer_is_refused_naming_the_first(tmp_path, reference, tiny_encoder, demo_data):
     out = tmp_path / "s.jsonl"
     with cli.exclusive_lock(tmp_path / ".s.jsonl.lock", "test"):  # as a running infer.py holds it
-        proc = run_script("infer.py", "--checkpoint", reference / "best.pt", "--manifest", demo_data, "--encoder",
-                          tiny_encoder, "--output", out, "--shard", "1/3")
+        proc = run_script("infer.py", "--checkpoint", reference / "best.pt", "--manifest", demo_data,
+                          "--encoder", tiny_encoder, "--output", out, "--shard", "1/3")
         assert proc.returncode == 2 and f"being written by another process (pid {os.getpid()}" in proc.stderr
         run = tmp_path / "run"
         shutil.copytree(reference, run)
@@ -121,8 +124,8 @@ def test_long_clip_is_decoded_in_bounded_slices_with_identical_results(tmp_path,
     monkeypatch.setattr(jepa.JEPADataset, "__getitem__", getitem)
     sliced = list(jepa.encode_stream(encoder, jepa.JEPADataset(clips, cfg, encoder.processor), 8, 0))
     assert peak[0] == jepa.SLICE_TUBELETS * 2  # 16 frames at a time, not 64
-    whole = list(jepa.encode_stream(encoder, jepa.JEPADataset(clips, cfg, encoder.processor, slice_tubelets=64),
-                                    8, 0))
+    whole = list(jepa.encode_stream(encoder,
+                                    jepa.JEPADataset(clips, cfg, encoder.processor, slice_tubelets=64), 8, 0))
     assert [len(c.clean_emb) for c in sliced] == [32, 3]
     for a, b in zip(sliced, whole):  # the same batches, so bit-identical embeddings
         assert torch.equal(a.clean_emb, b.clean_emb) and torch.equal(a.masked_emb, b.masked_emb)
@@ -145,7 +148,8 @@ def test_derived_clip_id_rule_is_printed_by_check(tmp_path):
     Image.new("RGB", (32, 32)).save(img)
     m = write_jsonl(tmp_path / "m.jsonl", [{"scene_id": "s", "frames": ["a.jpg", "a.jpg"]}])
     proc = run_script("manifest.py", "check", "--manifest", m)
-    assert proc.returncode == 0 and "SCENE__CAMERA__HASH" in proc.stdout and "seeds the clip's masks" in proc.stdout
+    assert (proc.returncode == 0 and "SCENE__CAMERA__HASH" in proc.stdout
+            and "seeds the clip's masks" in proc.stdout)
 
 
 # ---- 6. --features from another run: read-only, reuse what matches ----
@@ -155,8 +159,9 @@ def test_features_from_another_run_are_never_written(tmp_path, tiny_encoder, dem
     shutil.copytree(reference, source)
     (source / "features" / "chunk_00003.pt").unlink()  # a partly encoded source: clips 12-14 missing
     before = {p.name: p.read_bytes() for p in (source / "features").iterdir()}
-    train.main(["--manifest", str(demo_data), "--encoder", str(tiny_encoder), "--run-dir", str(tmp_path / "new"),
-                "--epochs", "4", "--features", str(source), *CHUNK[:2], "--set", "training.encode_chunk_clips=5"])
+    train.main(["--manifest", str(demo_data), "--encoder", str(tiny_encoder), "--run-dir",
+                str(tmp_path / "new"), "--epochs", "4", "--features", str(source), *CHUNK[:2], "--set",
+                "training.encode_chunk_clips=5"])
     assert {p.name: p.read_bytes() for p in (source / "features").iterdir()} == before
     own = sorted(p.name for p in (tmp_path / "new" / "features").glob("chunk_*.pt"))
     assert own == ["chunk_00000.pt"]  # only the 3 missing clips, encoded into the new run's own folder
@@ -186,8 +191,8 @@ def test_corrupt_feature_files_are_named_with_the_fix(tmp_path, tiny_encoder, de
 def test_bad_flags_are_one_line(tmp_path, tiny_encoder, demo_data, extra, message):
     if extra[0] == "--device" and torch.backends.mps.is_available():
         pytest.skip("this machine has MPS")
-    proc = run_script("train.py", "--manifest", demo_data, "--encoder", tiny_encoder, "--run-dir", tmp_path / "r",
-                      *extra)
+    proc = run_script("train.py", "--manifest", demo_data, "--encoder", tiny_encoder, "--run-dir",
+                      tmp_path / "r", *extra)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
 
@@ -256,12 +261,16 @@ def test_report_never_hangs_clobbers_or_tracebacks(tmp_path, scored, demo_data):
     rows = [json.loads(x) for x in scored.read_text().splitlines()]
     manifest = write_jsonl(tmp_path / "m.jsonl", [{"clip_id": r["clip_id"], "frame_paths": [str(fifo)] * 2}
                                                    for r in rows])
-    proc = run_script("report.py", "--scores", scored, "--manifest", manifest, "--output", tmp_path / "r.html")
-    assert proc.returncode == 0 and (tmp_path / "r.html").exists()  # the subprocess timeout would catch a hang
+    proc = run_script("report.py", "--scores", scored, "--manifest", manifest, "--output",
+                      tmp_path / "r.html")
+    # the subprocess timeout would catch a hang
+    assert proc.returncode == 0 and (tmp_path / "r.html").exists()
     before = scored.read_bytes()
     proc = run_script("report.py", "--scores", scored, "--output", scored)
-    assert proc.returncode == 2 and "is also this command's --scores" in proc.stderr and scored.read_bytes() == before
-    for edit, words in (({"scene": ["a"]}, "scene and camera text"), ({"score": int("9" * 400)}, "too large")):
+    assert (proc.returncode == 2 and "is also this command's --scores" in proc.stderr
+            and scored.read_bytes() == before)
+    for edit, words in (({"scene": ["a"]}, "scene and camera text"),
+                        ({"score": int("9" * 400)}, "too large")):
         bad = write_jsonl(tmp_path / "bad.jsonl", [dict(rows[0], **edit)])
         proc = run_script("report.py", "--scores", bad, "--output", tmp_path / "b.html")
         assert proc.returncode == 2 and words in proc.stderr and "Traceback" not in proc.stderr

@@ -1,5 +1,5 @@
-"""The hub probe honours HF_ENDPOINT and proxies (tested offline against a local server), and --resume finds the
-run's own manifest."""
+"""The hub probe honours HF_ENDPOINT and proxies (tested offline against a local server), and --resume finds
+the run's own manifest."""
 import http.server
 import shutil
 import threading
@@ -31,7 +31,8 @@ def server():
 
 
 def test_hub_probe_uses_hf_endpoint_and_proxies(server, monkeypatch):
-    for var in ("NO_PROXY", "no_proxy", "HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY"):
+    for var in ("NO_PROXY", "no_proxy", "HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy",
+                "ALL_PROXY"):
         monkeypatch.delenv(var, raising=False)
     port = server.server_address[1]
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
@@ -45,7 +46,8 @@ def test_hub_probe_uses_hf_endpoint_and_proxies(server, monkeypatch):
     assert not jepa.hub_reachable(timeout=2)
 
 
-def test_resume_reads_the_runs_own_manifest_and_refuses_a_changed_one(tmp_path, tiny_encoder, demo_data, reference):
+def test_resume_reads_the_runs_own_manifest_and_refuses_a_changed_one(tmp_path, tiny_encoder, demo_data,
+                                                                      reference):
     data = tmp_path / "data"
     shutil.copytree(demo_data.parent, data)
     run = tmp_path / "run"
@@ -56,7 +58,8 @@ def test_resume_reads_the_runs_own_manifest_and_refuses_a_changed_one(tmp_path, 
     assert (run / "metrics.jsonl").read_text().count("\n") == 2
     with open(data / "manifest.jsonl", "a") as f:
         f.write("\n")  # any change to the file
-    with pytest.raises(cli.UserError, match=r"manifest.jsonl: the manifest of .*run is gone or changed since"):
+    with pytest.raises(cli.UserError,
+                       match=r"manifest.jsonl: the manifest of .*run is gone or changed since"):
         train.main([*args[:-4], "--epochs", "3", "--resume"])
     with pytest.raises(cli.UserError, match="--manifest is required"):
         train.main(["--run-dir", str(tmp_path / "new")])

@@ -17,7 +17,8 @@ REQUIRED = {"manifest": ["FRAMES_DIR=drives"], "report": ["SCORES=runs/b/scores.
 
 
 def dry_run(*args):
-    """The commands `make -n ARGS` would run, as one string; PYTHON=py so nothing is installed or looked up."""
+    """The commands `make -n ARGS` would run, as one string; PYTHON=py so nothing is installed or looked
+    up."""
     proc = subprocess.run(["make", "-n", "--no-print-directory", "PYTHON=py", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
@@ -31,15 +32,16 @@ def script_targets():
         m = re.match(r"^([a-z][a-z-]*):", line)
         if m:
             current = m.group(1)
-        elif line.startswith("\t") and "$(PYTHON) " in line and current not in targets and current != "install":
+        elif (line.startswith("\t") and "$(PYTHON) " in line and current not in targets
+              and current != "install"):
             targets.append(current)
     return targets
 
 
 def test_every_script_target_passes_args():
     targets = script_targets()
-    assert {"demo", "manifest", "check", "train", "eval", "score", "merge", "report", "select", "similar", "test",
-            "bench"} <= set(targets)
+    assert {"demo", "manifest", "check", "train", "eval", "score", "merge", "report", "select", "similar",
+            "test", "bench"} <= set(targets)
     for target in targets:
         out = dry_run(target, *REQUIRED.get(target, []), "ARGS=--zz-marker 7")
         assert "--zz-marker 7" in out, f"make {target} drops ARGS:\n{out}"
@@ -62,10 +64,11 @@ def test_eval_and_score_write_next_to_the_checkpoint():
 
 
 def test_resume_without_manifest_leaves_it_to_the_run():
-    """RESUME=1 without MANIFEST=: train.py gets no --manifest and continues with the one the run recorded (the
-    default data/manifest.jsonl would be another file); an explicit MANIFEST= is still passed."""
+    """RESUME=1 without MANIFEST=: train.py gets no --manifest and continues with the one the run recorded
+    (the default data/manifest.jsonl would be another file); an explicit MANIFEST= is still passed."""
     assert "--manifest" not in dry_run("train", "RUN=experiments/lr1e-3", "RESUME=1")
-    assert "--manifest data/t.jsonl" in dry_run("train", "RUN=experiments/lr1e-3", "RESUME=1", "MANIFEST=data/t.jsonl")
+    assert "--manifest data/t.jsonl" in dry_run("train", "RUN=experiments/lr1e-3", "RESUME=1",
+                                                "MANIFEST=data/t.jsonl")
     assert "--manifest data/manifest.jsonl" in dry_run("train", "RUN=experiments/new")
 
 
@@ -79,8 +82,8 @@ def test_demo_takes_seed_and_epochs():
 
 
 def test_help_fits_and_names_the_defaults():
-    proc = subprocess.run(["make", "--no-print-directory", "help", "PYTHON=py"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run(["make", "--no-print-directory", "help", "PYTHON=py"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
     lines = proc.stdout.splitlines()
     assert max(map(len, lines)) <= 110, max(lines, key=len)
     assert any("eval.json beside CKPT" in ln for ln in lines)

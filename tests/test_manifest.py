@@ -1,6 +1,6 @@
-"""manifest.py: exact manifests from a small schema-faithful nuScenes tree (two scenes, six cameras, key frames
-and sweeps, real token linkage, shuffled tables) and from frame folders; partial downloads, natural sort, splits,
-user errors, and `check` messages. Tiny real JPEGs; no network, a few seconds."""
+"""manifest.py: exact manifests from a small schema-faithful nuScenes tree (two scenes, six cameras, key
+frames and sweeps, real token linkage, shuffled tables) and from frame folders; partial downloads, natural
+sort, splits, user errors, and `check` messages. Tiny real JPEGs; no network, a few seconds."""
 import hashlib
 import json
 import random
@@ -18,7 +18,8 @@ CAMERAS = ["CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_BACK_RIGHT", "CAM_BACK", "CAM_BA
 LOGS = {"scene-0061": ("n015-2018-07-24-11-22-45+0800", 1532402927647951),
         "scene-0103": ("n008-2018-08-01-15-16-36-0400", 1533151603547590)}
 KEY_OFFSETS = [0, 499870, 1000210, 1549790]  # µs after the scene start: uneven, as real key frames are
-# every CAM_FRONT frame of scene-0061 in time order: a leading sweep, 4 key frames with 2 sweeps between, a tail sweep
+# every CAM_FRONT frame of scene-0061 in time order: a leading sweep, 4 key frames with 2 sweeps between,
+# a tail sweep
 FRONT_0061 = [1532402927564951, 1532402927647951, 1532402927814574, 1532402927981197, 1532402928147821,
               1532402928314601, 1532402928481381, 1532402928648161, 1532402928831354, 1532402929014547,
               1532402929197741, 1532402929287741]
@@ -52,24 +53,30 @@ def camera_times(start, cam_index):
 
 
 def make_nuscenes(root, version="v1.0-mini"):
-    """Write VERSION/{scene,sample,sample_data,calibrated_sensor,sensor}.json and every camera JPEG under root."""
+    """Write VERSION/{scene,sample,sample_data,calibrated_sensor,sensor}.json and every camera JPEG under
+    root."""
     t = {name: [] for name in manifest.TABLES}
     sensors = CAMERAS + ["LIDAR_TOP"]
-    t["sensor"] = [{"token": tok("sensor", s), "channel": s, "modality": "lidar" if s == "LIDAR_TOP" else "camera"}
+    t["sensor"] = [{"token": tok("sensor", s), "channel": s,
+                    "modality": "lidar" if s == "LIDAR_TOP" else "camera"}
                    for s in sensors]
     for scene, (log, start) in LOGS.items():
         samples = [tok(scene, "sample", k) for k in range(len(KEY_OFFSETS))]
-        t["scene"].append({"token": tok(scene), "log_token": tok(log), "nbr_samples": len(samples), "name": scene,
-                           "first_sample_token": samples[0], "last_sample_token": samples[-1], "description": ""})
+        t["scene"].append({"token": tok(scene), "log_token": tok(log), "nbr_samples": len(samples),
+                           "name": scene, "first_sample_token": samples[0], "last_sample_token": samples[-1],
+                           "description": ""})
         for k, s in enumerate(samples):
             t["sample"].append({"token": s, "timestamp": start + KEY_OFFSETS[k], "scene_token": tok(scene),
-                                "prev": samples[k - 1] if k else "", "next": samples[k + 1] if k + 1 < len(samples) else ""})
+                                "prev": samples[k - 1] if k else "",
+                                "next": samples[k + 1] if k + 1 < len(samples) else ""})
         for i, sensor in enumerate(sensors):
             calib = tok(scene, "calib", sensor)  # one calibration per log and sensor, as in nuScenes
             t["calibrated_sensor"].append({"token": calib, "sensor_token": tok("sensor", sensor),
-                                           "translation": [0, 0, 0], "rotation": [1, 0, 0, 0], "camera_intrinsic": []})
+                                           "translation": [0, 0, 0], "rotation": [1, 0, 0, 0],
+                                           "camera_intrinsic": []})
             times = camera_times(start, i)
-            if sensor == "LIDAR_TOP":  # key frames only, never written to disk: must never be picked or counted
+            # key frames only, never written to disk: must never be picked or counted
+            if sensor == "LIDAR_TOP":
                 times = [x for x in times if x[1]]
             toks = [tok(scene, sensor, ts) for ts, _, _ in times]
             for j, (ts, key, k) in enumerate(times):
@@ -77,9 +84,10 @@ def make_nuscenes(root, version="v1.0-mini"):
                             else fname(scene, sensor, ts, key))
                 t["sample_data"].append({
                     "token": toks[j], "sample_token": samples[k], "ego_pose_token": tok("ego", ts),
-                    "calibrated_sensor_token": calib, "timestamp": ts, "fileformat": filename.rsplit(".", 1)[1],
-                    "is_key_frame": key, "height": 9, "width": 16, "filename": filename,
-                    "prev": toks[j - 1] if j else "", "next": toks[j + 1] if j + 1 < len(toks) else ""})
+                    "calibrated_sensor_token": calib, "timestamp": ts,
+                    "fileformat": filename.rsplit(".", 1)[1], "is_key_frame": key, "height": 9, "width": 16,
+                    "filename": filename, "prev": toks[j - 1] if j else "",
+                    "next": toks[j + 1] if j + 1 < len(toks) else ""})
                 if sensor != "LIDAR_TOP":
                     jpeg(root / filename)
     (root / version).mkdir(parents=True)
@@ -106,14 +114,16 @@ def manifest_cli(capsys, *args):
 
 def build(root, out, *flags, version="v1.0-mini"):
     """Run `manifest.py nuscenes` in-process; returns the manifest's rows."""
-    manifest.main(["nuscenes", "--dataroot", str(root), "--version", version, "--output", str(out), *map(str, flags)])
+    manifest.main(["nuscenes", "--dataroot", str(root), "--version", version, "--output", str(out),
+                   *map(str, flags)])
     return [json.loads(line) for line in Path(out).read_text().splitlines()]
 
 
 def clip(scene, cam, times, split, key=None):
     keys = set(KEYS_0061) if key is None else key
     return {"clip_id": f"{scene}__{cam}__{times[0]}__{times[-1]}", "split": split, "scene_id": scene,
-            "camera": cam, "frame_paths": [fname(scene, cam, ts, ts in keys) for ts in times], "timestamps": times}
+            "camera": cam, "frame_paths": [fname(scene, cam, ts, ts in keys) for ts in times],
+            "timestamps": times}
 
 
 def test_samples_are_key_frames_in_sample_order_with_official_mini_split(nusc, tmp_path):
@@ -123,7 +133,8 @@ def test_samples_are_key_frames_in_sample_order_with_official_mini_split(nusc, t
                     clip("scene-0061", "CAM_FRONT", KEYS_0061[2:4], "train"),
                     clip("scene-0103", "CAM_FRONT", keys_0103[0:2], "val", set(keys_0103)),
                     clip("scene-0103", "CAM_FRONT", keys_0103[2:4], "val", set(keys_0103))]
-    assert rows[0]["frame_paths"][0] == "samples/CAM_FRONT/n015-2018-07-24-11-22-45+0800__CAM_FRONT__1532402927647951.jpg"
+    assert rows[0]["frame_paths"][0] == ("samples/CAM_FRONT/"
+                                         "n015-2018-07-24-11-22-45+0800__CAM_FRONT__1532402927647951.jpg")
 
 
 def test_sweeps_follow_the_chain_with_windows_and_dropped_tail(nusc, tmp_path):
@@ -145,12 +156,14 @@ def test_cameras_resolve_through_calibrated_sensor(nusc, tmp_path):
     for row in tables["sample_data"]:
         if "LIDAR" not in row["filename"]:
             assert f"__{channel[row['calibrated_sensor_token']]}__" in row["filename"]
-    rows = build(nusc, tmp_path / "m.jsonl", "--cameras", "CAM_BACK,CAM_FRONT_LEFT", "--frames", 4, "--stride", 4)
+    rows = build(nusc, tmp_path / "m.jsonl", "--cameras", "CAM_BACK,CAM_FRONT_LEFT", "--frames", 4,
+                 "--stride", 4)
     assert [(r["scene_id"], r["camera"]) for r in rows] == [
         ("scene-0061", "CAM_BACK"), ("scene-0061", "CAM_FRONT_LEFT"),
         ("scene-0103", "CAM_BACK"), ("scene-0103", "CAM_FRONT_LEFT")]
     assert all(f"/{r['camera']}/" in p for r in rows for p in r["frame_paths"])
-    rows = build(nusc, tmp_path / "all.jsonl", "--cameras", "all", "--frames", 4, "--stride", 4, "--source", "sweeps")
+    rows = build(nusc, tmp_path / "all.jsonl", "--cameras", "all", "--frames", 4, "--stride", 4, "--source",
+                 "sweeps")
     assert [r["camera"] for r in rows[:9:3]] == ["CAM_BACK", "CAM_BACK_LEFT", "CAM_BACK_RIGHT"]
     assert len(rows) == 2 * 6 * 3 and len({r["clip_id"] for r in rows}) == len(rows)
 
@@ -179,12 +192,13 @@ def test_partial_download_skips_clips_and_reports_counts(nusc, tmp_path, capsys)
                                "--source", "sweeps", "--output", out)
     assert code == 0
     assert stderr == [
-        f"warning: 1 of 24 frame files listed for these cameras are missing under {root} (partial download?), "
-        f"e.g. {gone}; skipped 1 clip(s) that need them"]
+        f"warning: 1 of 24 frame files listed for these cameras are missing under {root} "
+        f"(partial download?), e.g. {gone}; skipped 1 clip(s) that need them"]
     assert stdout == [
         f"wrote 5 clips to {out}: 2 scenes, 1 cameras, train 2, val 3",
         "splits: 2 scene(s) by the official v1.0-mini split",
-        f"frame paths are relative to {root}: pass DATA_ROOT={root} (--data-root) to make check, train, eval and infer"]
+        f"frame paths are relative to {root}: pass DATA_ROOT={root} (--data-root) to make check, "
+        "train, eval and infer"]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["timestamps"][0] for r in rows[:2]] == [FRONT_0061[0], FRONT_0061[6]]
 
@@ -199,22 +213,27 @@ def test_nuscenes_user_errors(nusc, tmp_path, capsys):
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip() == err("--dataroot", nusc, "--cameras", "CAM_FRONT,FRONT")
     assert err("--dataroot", tmp_path / "nope") == \
-        f"error: {tmp_path / 'nope'}: nuScenes dataroot not found (NUSCENES= the folder holding v1.0-mini/ and samples/)"
+        f"error: {tmp_path / 'nope'}: nuScenes dataroot not found " \
+        "(NUSCENES= the folder holding v1.0-mini/ and samples/)"
     assert err("--dataroot", nusc, "--version", "v1.0-test") == \
         f"error: {nusc / 'v1.0-test'}: version folder not found (VERSION=v1.0-test; found: v1.0-mini)"
     assert err("--dataroot", nusc, "--cameras", "CAM_FRONT,FRONT") == \
-        "error: --cameras CAM_FRONT,FRONT: unknown camera FRONT; valid: " + ", ".join(sorted(CAMERAS)) + ", or all"
+        "error: --cameras CAM_FRONT,FRONT: unknown camera FRONT; valid: " + ", ".join(sorted(CAMERAS)) \
+        + ", or all"
     assert err("--dataroot", nusc, "--frames", 1) == \
         "error: --frames 1: a clip needs at least one tubelet (2 frames, data.tubelet_size); use FRAMES=16"
     broken = tmp_path / "broken"
     shutil.copytree(nusc / "v1.0-mini", broken / "v1.0-mini")
     (broken / "v1.0-mini" / "sensor.json").unlink()
     assert err("--dataroot", broken) == \
-        f"error: {broken / 'v1.0-mini' / 'sensor.json'}: table missing; extract the v1.0-mini metadata archive into {broken}"
+        f"error: {broken / 'v1.0-mini' / 'sensor.json'}: table missing; " \
+        f"extract the v1.0-mini metadata archive into {broken}"
     (broken / "v1.0-mini" / "sensor.json").write_text('{"token": "a dict, not a list"}')  # wrong JSON shape
-    assert "sensor.json: not a nuScenes table (a JSON list of records with a token)" in err("--dataroot", broken)
+    assert "sensor.json: not a nuScenes table (a JSON list of records with a token)" in \
+        err("--dataroot", broken)
     shutil.copy(nusc / "v1.0-mini" / "sensor.json", broken / "v1.0-mini" / "sensor.json")
-    (broken / "v1.0-mini" / "scene.json").write_text('[{"token": "s1"}]')  # records without the schema's fields
+    # records without the schema's fields
+    (broken / "v1.0-mini" / "scene.json").write_text('[{"token": "s1"}]')
     assert err("--dataroot", broken).startswith("error: ")  # one line (exit 2 checked in err), no traceback
 
 
@@ -237,7 +256,8 @@ def drives(tmp_path):
 
 def test_frame_folders_natural_sort_and_short_scenes(drives, tmp_path, capsys):
     out = tmp_path / "manifests" / "drives.jsonl"
-    code, stdout, stderr = manifest_cli(capsys, "frames", "--frames-dir", drives, "--frames", 4, "--stride", 4, "--output", out)
+    code, stdout, stderr = manifest_cli(capsys, "frames", "--frames-dir", drives, "--frames", 4, "--stride",
+                                        4, "--output", out)
     assert code == 0
     assert stderr == [
         f"warning: {drives / 'drive_b' / 'CAM_LEFT'}: 2 frame(s), fewer than --frames 4; no clip",
@@ -247,15 +267,20 @@ def test_frame_folders_natural_sort_and_short_scenes(drives, tmp_path, capsys):
                       "clips go with their scene"]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     split = {"drive_a": "val", "drive_b": "train"}
-    expect = [{"clip_id": f"drive_a__unknown__{s:06d}", "split": "val", "scene_id": "drive_a", "camera": "unknown",
-               "frame_paths": [f"../drives/drive_a/frame_{i}.jpg" for i in range(s + 1, s + 5)]} for s in (0, 4, 8)]
+    expect = [{"clip_id": f"drive_a__unknown__{s:06d}", "split": "val", "scene_id": "drive_a",
+               "camera": "unknown",
+               "frame_paths": [f"../drives/drive_a/frame_{i}.jpg" for i in range(s + 1, s + 5)]}
+              for s in (0, 4, 8)]
     expect.append({"clip_id": "drive_b__CAM_FRONT__000000", "split": split["drive_b"], "scene_id": "drive_b",
-                   "camera": "CAM_FRONT", "frame_paths": [f"../drives/drive_b/CAM_FRONT/img{i}.png" for i in (0, 5, 10, 15)]})
+                   "camera": "CAM_FRONT",
+                   "frame_paths": [f"../drives/drive_b/CAM_FRONT/img{i}.png" for i in (0, 5, 10, 15)]})
     assert rows == expect
     assert manifest.seeded_splits(["drive_a", "drive_b"], 0) == split
-    code, stdout, stderr = manifest_cli(capsys, "check", "--manifest", out)  # relative paths resolve with no DATA_ROOT
+    # relative paths resolve with no DATA_ROOT
+    code, stdout, stderr = manifest_cli(capsys, "check", "--manifest", out)
     assert (code, stdout[-1], stderr) == (0, "OK: no errors, 0 warning(s)", [])
-    code, _, stderr = manifest_cli(capsys, "frames", "--frames-dir", drives / "drive_a", "--output", out)  # one scene's images
+    # one scene's images
+    code, _, stderr = manifest_cli(capsys, "frames", "--frames-dir", drives / "drive_a", "--output", out)
     assert (code, stderr) == (2, [f"error: {drives / 'drive_a'}: no scene sub-folders; expected "
                                   f"FRAMES_DIR/SCENE/*.jpg or FRAMES_DIR/SCENE/CAMERA/*.jpg"])
 
@@ -273,8 +298,8 @@ def test_frame_paths_keep_symlinks_as_given(tmp_path, capsys):
     project.mkdir()
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(project)  # as `make manifest FRAMES_DIR=../shared/drives` runs it
-        code, stdout, _ = manifest_cli(capsys, "frames", "--frames-dir", "../shared/drives", "--frames", 2, "--stride", 2,
-                              "--output", "data/m.jsonl")
+        code, stdout, _ = manifest_cli(capsys, "frames", "--frames-dir", "../shared/drives", "--frames", 2,
+                                       "--stride", 2, "--output", "data/m.jsonl")
     assert code == 0
     rows = [json.loads(line) for line in (project / "data" / "m.jsonl").read_text().splitlines()]
     assert rows[0]["frame_paths"] == ["../../shared/drives/a/f0.jpg", "../../shared/drives/a/f1.jpg"]
@@ -284,8 +309,8 @@ def test_frame_paths_keep_symlinks_as_given(tmp_path, capsys):
 
 
 def test_frame_paths_are_absolute_where_no_relative_path_works(tmp_path, capsys):
-    """The manifest's folder is itself a symlink elsewhere, so `..` from it leaves the link's target: a relative
-    path would point at nothing, so the frame's absolute path (symlinks kept) is written instead."""
+    """The manifest's folder is itself a symlink elsewhere, so `..` from it leaves the link's target: a
+    relative path would point at nothing, so the frame's absolute path (symlinks kept) is written instead."""
     frames = tmp_path / "frames"
     for i in range(2):
         jpeg(frames / "s" / f"{i}.jpg")
@@ -307,15 +332,17 @@ def test_split_rule_is_said_for_few_scenes(tmp_path, capsys):
         for i in range(n):
             jpeg(frames / f"s{s}" / f"{i}.jpg")
     out = tmp_path / "m.jsonl"
-    code, stdout, _ = manifest_cli(capsys, "frames", "--frames-dir", frames, "--frames", 2, "--stride", 2, "--output", out)
+    code, stdout, _ = manifest_cli(capsys, "frames", "--frames-dir", frames, "--frames", 2, "--stride", 2,
+                                   "--output", out)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     val_scenes = {r["scene_id"] for r in rows if r["split"] == "val"}
     assert code == 0 and len(val_scenes) == 1
     assert stdout[1] == ("splits: seed 0 drew 1 of 3 scenes as val (20% rounded, at least 1 of 2 or more); "
                          "clips go with their scene")
-    code, stdout, _ = manifest_cli(capsys, "frames", "--frames-dir", frames, "--frames", 2, "--stride", 2, "--split", "test",
-                          "--output", out)
-    assert stdout == [f"wrote 6 clips to {out}: 3 scenes, 1 cameras, test 6", "splits: every clip test (--split test)"]
+    code, stdout, _ = manifest_cli(capsys, "frames", "--frames-dir", frames, "--frames", 2, "--stride", 2,
+                                   "--split", "test", "--output", out)
+    assert stdout == [f"wrote 6 clips to {out}: 3 scenes, 1 cameras, test 6",
+                      "splits: every clip test (--split test)"]
 
 
 def test_natural_key():
@@ -333,7 +360,8 @@ def test_check_reports_every_problem_as_file_line(tmp_path):
     (tmp_path / "broken.jpg").write_bytes(data[:len(data) // 2])
     m = tmp_path / "clips.jsonl"
     m.write_text("\n".join([
-        json.dumps({"clip_id": "a", "scene_id": "s1", "camera": "CAM_FRONT", "frame_paths": ["f0.jpg", "f1.jpg"]}),
+        json.dumps({"clip_id": "a", "scene_id": "s1", "camera": "CAM_FRONT",
+                    "frame_paths": ["f0.jpg", "f1.jpg"]}),
         "{not json",
         json.dumps({"clip_id": "b"}),
         json.dumps({"clip_id": "c", "frame_paths": ["f0.jpg"]}),
@@ -368,11 +396,14 @@ def test_check_a_made_nuscenes_manifest_needs_its_data_root(nusc, tmp_path, caps
     assert stdout == [
         f"manifest: {out}", "clips: 24 (train 12, val 12)", "scenes: 2",
         "cameras: 6 (" + ", ".join(f"{c} 4 clips" for c in sorted(CAMERAS)) + ")",
-        "frames: 144 in clips, 144 distinct files", "image sizes: 16x9 144 files", "OK: no errors, 0 warning(s)"]
-    code, _, stderr = manifest_cli(capsys, "check", "--manifest", out)  # without DATA_ROOT the paths resolve wrongly
+        "frames: 144 in clips, 144 distinct files", "image sizes: 16x9 144 files",
+        "OK: no errors, 0 warning(s)"]
+    # without DATA_ROOT the paths resolve wrongly
+    code, _, stderr = manifest_cli(capsys, "check", "--manifest", out)
     assert code == 1 and len(stderr) == 144 + 1
     assert stderr[0] == \
-        f"error: {out}:1: frame {tmp_path / fname('scene-0061', 'CAM_BACK', 1532402927564981, False)}: file not found"
+        f"error: {out}:1: frame {tmp_path / fname('scene-0061', 'CAM_BACK', 1532402927564981, False)}: " \
+        "file not found"
     code, _, stderr = manifest_cli(capsys, "check", "--manifest", tmp_path / "none.jsonl")
     assert (code, stderr[0]) == (1, f"error: {tmp_path / 'none.jsonl'}: manifest not found "
                                     f"(pass MANIFEST=path/to/clips.jsonl)")
@@ -381,7 +412,8 @@ def test_check_a_made_nuscenes_manifest_needs_its_data_root(nusc, tmp_path, caps
 def test_a_nuscenes_manifest_trains_unchanged(nusc, tmp_path, tiny_encoder):
     import train
     out = tmp_path / "nusc.jsonl"
-    rows = build(nusc, out, "--source", "sweeps", "--frames", 4, "--stride", 4, "--cameras", "CAM_FRONT,CAM_BACK")
+    rows = build(nusc, out, "--source", "sweeps", "--frames", 4, "--stride", 4, "--cameras",
+                 "CAM_FRONT,CAM_BACK")
     assert {r["split"] for r in rows} == {"train", "val"}  # official mini split: one scene each
     train.main(["--manifest", str(out), "--data-root", str(nusc), "--encoder", str(tiny_encoder),
                 "--run-dir", str(tmp_path / "run"), "--epochs", "2"])

@@ -2,8 +2,8 @@
 manifest) and resumes when run again.
 
 No notebook runner: the code cells are concatenated, in order, into one script that prints a marker after each
-cell, and the script runs with this Python in a subprocess from the repository root. Settings are injected through
-the notebook's JEPA_* environment variables, never by editing the file."""
+cell, and the script runs with this Python in a subprocess from the repository root. Settings are injected
+through the notebook's JEPA_* environment variables, never by editing the file."""
 import base64
 import hashlib
 import json
@@ -69,27 +69,30 @@ HUB_ID = "facebook/vjepa2-vitl-fpc64-256"
 
 
 def start(tmp_path, work_dir, data, epochs):
-    """Start the notebook's code cells, top to bottom, as one script in a subprocess (Popen, output to a file).
+    """Start the notebook's code cells, top to bottom, as one script in a subprocess (Popen, output to a
+    file).
 
-    `data` (the `colab_data` fixture): a frames archive that the notebook extracts to a local folder and builds
-    its manifests from. The encoder is named by its hub id and found only in the notebook's Drive cache
+    `data` (the `colab_data` fixture): a frames archive that the notebook extracts to a local folder and
+    builds its manifests from. The encoder is named by its hub id and found only in the notebook's Drive cache
     (WORK_DIR/hf-cache, offline), so a run that passes proves HF_HOME points there."""
     cells = code_cells()
     script = tmp_path / "notebook_as_script.py"
-    script.write_text("".join(f"{src}\n\nprint({MARKER.format(i)!r}, flush=True)\n\n" for i, src in enumerate(cells)))
-    env = dict(os.environ, JEPA_WORK_DIR=str(work_dir), JEPA_DATA_SOURCE=str(data["archive"]), JEPA_DATA_KIND="frames",
-               JEPA_LOCAL_DATA=str(data["local"]), JEPA_DATA_SUBDIR="frames", JEPA_FRAMES="8", JEPA_STRIDE="8",
-               JEPA_LABELS=str(data["labels"]), JEPA_TOP="2", JEPA_SHOW="2",
+    script.write_text("".join(f"{src}\n\nprint({MARKER.format(i)!r}, flush=True)\n\n"
+                              for i, src in enumerate(cells)))
+    env = dict(os.environ, JEPA_WORK_DIR=str(work_dir), JEPA_DATA_SOURCE=str(data["archive"]),
+               JEPA_DATA_KIND="frames", JEPA_LOCAL_DATA=str(data["local"]), JEPA_DATA_SUBDIR="frames",
+               JEPA_FRAMES="8", JEPA_STRIDE="8", JEPA_LABELS=str(data["labels"]), JEPA_TOP="2", JEPA_SHOW="2",
                JEPA_ENCODER=HUB_ID, JEPA_EPOCHS=str(epochs), JEPA_RUN_NAME="ci-run",
-               JEPA_BATCH_SIZE="8", JEPA_SEED="0", JEPA_LR="1e-3", CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1",
-               OMP_NUM_THREADS="1")  # one thread each: two executions run side by side below
+               JEPA_BATCH_SIZE="8", JEPA_SEED="0", JEPA_LR="1e-3", CUDA_VISIBLE_DEVICES="",
+               # one thread each: two executions run side by side below
+               HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     for key in ("JEPA_DATA_ROOT", "JEPA_REPO_DIR", "JEPA_REPO_URL", "JEPA_TEST_KILL_AT", "JEPA_MANIFEST",
                 "JEPA_VAL_MANIFEST", "JEPA_SCORE_MANIFEST", "JEPA_HF_HOME", "HF_HOME", "HF_HUB_CACHE",
                 "JEPA_GITHUB_TOKEN"):
         env.pop(key, None)  # the notebook's own choices: the repository is the folder it runs in
     log = open(work_dir.parent / f"{work_dir.name}-{epochs}.log", "w+")
-    proc = subprocess.Popen([sys.executable, str(script)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            text=True)
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=ROOT, env=env, stdout=log,
+                            stderr=subprocess.STDOUT, text=True)
     return proc, log, len(cells)
 
 
@@ -136,10 +139,12 @@ def test_notebook_runs_and_resumes(tmp_path, tiny_encoder, colab_data):
     assert "--resume" not in out and "Not running in Colab" in out
     assert f"HF_HOME = {work / 'hf-cache'}" in out and f"models cached there: {HUB_ID}" in out
     local = colab_data["local"]
-    assert (local / ".copied-from").read_text() == colab_data["archive"] and (local / "frames" / "scene_0").is_dir()
+    assert ((local / ".copied-from").read_text() == colab_data["archive"]
+            and (local / "frames" / "scene_0").is_dir())
     built = [json.loads(line) for line in (local / "manifests" / "frames.jsonl").read_text().splitlines()]
     val = [json.loads(line) for line in (local / "manifests" / "frames.val.jsonl").read_text().splitlines()]
-    assert len(built) == 15 and val and {r["split"] for r in val} == {"val"} and val == [r for r in built if r in val]
+    assert (len(built) == 15 and val and {r["split"] for r in val} == {"val"}
+            and val == [r for r in built if r in val])
     assert epochs_of(run_dir) == [1, 2]
     for name in ("last.pt", "best.pt"):
         ckpt = jepa.load_checkpoint(run_dir / name)
@@ -163,7 +168,8 @@ def test_notebook_runs_and_resumes(tmp_path, tiny_encoder, colab_data):
     report = (run_dir / "report-frames.val.html").read_text().replace("<wbr>", "")
     best = min(scores, key=lambda r: (-r["score"], r["clip_id"]))  # report.py's order
     assert best["clip_id"] in report and f"full report: {run_dir / 'report-frames.val.html'}" in out
-    assert re.search(rf"^\s+1\. {best['score']:.4f}  {re.escape(best['clip_id'])}  \(peak tubelet \d", out, re.M)
+    assert re.search(rf"^\s+1\. {best['score']:.4f}  {re.escape(best['clip_id'])}  \(peak tubelet \d", out,
+                     re.M)
 
     # executed again, in parallel on two copies of that state (they share nothing but the local data, as
     # sessions share /content/data's path; it saves ~25 s): the same EPOCHS (a re-run after the run finished)
@@ -226,8 +232,8 @@ def test_colab_installs_only_what_is_missing_or_must_match(monkeypatch, tmp_path
 
 
 def test_private_repository_token_is_sent_but_never_shown(monkeypatch, tmp_path, capsys):
-    """Cloning with JEPA_GITHUB_TOKEN: git gets the token as a one-off HTTP header, the printed command and the
-    clone's URL do not contain it."""
+    """Cloning with JEPA_GITHUB_TOKEN: git gets the token as a one-off HTTP header, the printed command and
+    the clone's URL do not contain it."""
     calls = []
     monkeypatch.setenv("JEPA_GITHUB_TOKEN", "ghp_SECRET123")
     monkeypatch.setenv("JEPA_REPO_URL", "https://github.com/someone/jepa-clips.git")
@@ -238,7 +244,8 @@ def test_private_repository_token_is_sent_but_never_shown(monkeypatch, tmp_path,
     with pytest.raises(FileNotFoundError):  # the fake clone wrote nothing there, so the next step stops
         exec(cells["code"], ns)
     [(cmd, show)] = calls
-    header = "http.extraHeader=Authorization: Basic " + base64.b64encode(b"x-access-token:ghp_SECRET123").decode()
+    header = ("http.extraHeader=Authorization: Basic "
+              + base64.b64encode(b"x-access-token:ghp_SECRET123").decode())
     assert cmd == ["git", "-c", header, "clone", "https://github.com/someone/jepa-clips.git",
                    str(tmp_path / "jepa-clips")]
     assert "SECRET" not in show and "<token>" in show and "SECRET" not in capsys.readouterr().out

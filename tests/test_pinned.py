@@ -17,7 +17,8 @@ PINNED = {
     "losses": [(0.11933233340581258, 0.09353963782389958), (0.08254497746626537, 0.06541707863410313),
                (0.06041741371154785, 0.05277957022190094)],
     "head_sha256": "b446a324a8db054138516cca483f3d568c21a26ec6c21c8ef933fd73232c5ed8",
-    "scores_sha256": "8eb79fed7a3f3f1207f15eb8fe160dbe622a5b9f3542a6d1125724e665fa55a6",  # first_frame as basename
+    # first_frame as basename
+    "scores_sha256": "8eb79fed7a3f3f1207f15eb8fe160dbe622a5b9f3542a6d1125724e665fa55a6",
     "eval": {"mean_cosine_similarity": 0.7516256342331569, "std_cosine_similarity": 0.05572681038911913,
              "masked_cosine_similarity": 0.038287727534770964},
 }

@@ -1,4 +1,5 @@
-"""The research logic and the three commands, on a tiny V-JEPA 2 loaded through from_pretrained (CPU, no network)."""
+"""The research logic and the three commands, on a tiny V-JEPA 2 loaded through from_pretrained (CPU, no
+network)."""
 import json
 
 import numpy as np
@@ -54,7 +55,8 @@ def test_both_manifest_styles_and_paths(tmp_path):
     frames = [f"f{i}.jpg" for i in range(4)]
     m = write_jsonl(tmp_path / "m.jsonl", [
         {"scene": "s1", "camera": "CAM_FRONT", "frames": frames, "timestamps": [0, 1, 2, 3]},
-        {"clip_id": "c2", "split": "val", "scene_id": "s2", "camera": "CAM_BACK", "frame_paths": ["/abs/a.jpg"] * 2}])
+        {"clip_id": "c2", "split": "val", "scene_id": "s2", "camera": "CAM_BACK",
+         "frame_paths": ["/abs/a.jpg"] * 2}])
     a, b = read_manifest(m)
     assert a["scene"] == "s1" and a["frames"][0] == str(tmp_path / "f0.jpg") and a["split"] is None
     assert a["clip_id"] == read_manifest(m)[0]["clip_id"] and a["clip_id"].startswith("s1__CAM_FRONT__")
@@ -115,7 +117,8 @@ def test_stream_batches_across_clips_in_order(tiny_encoder, demo_data):
 # ---- training ----
 
 def train_run(run_dir, manifest, encoder, *extra):
-    train.main(["--manifest", str(manifest), "--encoder", str(encoder), "--run-dir", str(run_dir), *map(str, extra)])
+    train.main(["--manifest", str(manifest), "--encoder", str(encoder), "--run-dir", str(run_dir),
+                *map(str, extra)])
     return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
@@ -126,7 +129,8 @@ def test_train_lowers_loss_and_is_reproducible(tmp_path, tiny_encoder, demo_data
     for x, y in zip(a, b):
         assert abs(x["train_loss"] - y["train_loss"]) < 1e-6 and abs(x["val_loss"] - y["val_loss"]) < 1e-6
     ckpt = jepa.load_checkpoint(tmp_path / "a" / "last.pt")
-    for key in ("model_state", "optimizer_state", "epoch", "config", "best_metric", "rng", "encoder_fingerprint"):
+    for key in ("model_state", "optimizer_state", "epoch", "config", "best_metric", "rng",
+                "encoder_fingerprint"):
         assert key in ckpt
     assert ckpt["epoch"] == 2 and ckpt["embed_dim"] == 64
     assert (tmp_path / "a" / "best.pt").exists() and (tmp_path / "a" / "config.yaml").exists()
@@ -136,11 +140,14 @@ def test_train_lowers_loss_and_is_reproducible(tmp_path, tiny_encoder, demo_data
 
 
 def test_resume_equals_uninterrupted(tmp_path, tiny_encoder, demo_data):
-    full = train_run(tmp_path / "full", demo_data, tiny_encoder, "--epochs", 4, "--set", "training.checkpoint_every=2")
-    train_run(tmp_path / "part", demo_data, tiny_encoder, "--epochs", 2, "--set", "training.checkpoint_every=2")
+    full = train_run(tmp_path / "full", demo_data, tiny_encoder, "--epochs", 4, "--set",
+                     "training.checkpoint_every=2")
+    train_run(tmp_path / "part", demo_data, tiny_encoder, "--epochs", 2, "--set",
+              "training.checkpoint_every=2")
     part = train_run(tmp_path / "part", demo_data, tiny_encoder, "--epochs", 4, "--resume")
     assert [m["epoch"] for m in part] == [1, 2, 3, 4]
-    assert [(m["train_loss"], m["val_loss"]) for m in part] == [(m["train_loss"], m["val_loss"]) for m in full]
+    assert ([(m["train_loss"], m["val_loss"]) for m in part]
+            == [(m["train_loss"], m["val_loss"]) for m in full])
     w_full = jepa.load_checkpoint(tmp_path / "full" / "last.pt")["model_state"]
     w_part = jepa.load_checkpoint(tmp_path / "part" / "last.pt")["model_state"]
     assert all(torch.equal(w_full[k], w_part[k]) for k in w_full)
@@ -150,7 +157,8 @@ def test_resume_equals_uninterrupted(tmp_path, tiny_encoder, demo_data):
 def test_lr_flag_reaches_optimizer(tmp_path, tiny_encoder, demo_data):
     train_run(tmp_path / "r", demo_data, tiny_encoder, "--epochs", 1, "--lr", "1e-3")
     ckpt = jepa.load_checkpoint(tmp_path / "r" / "last.pt")
-    assert ckpt["optimizer_state"]["param_groups"][0]["lr"] == 1e-3 and ckpt["config"]["training"]["lr"] == 1e-3
+    assert (ckpt["optimizer_state"]["param_groups"][0]["lr"] == 1e-3
+            and ckpt["config"]["training"]["lr"] == 1e-3)
 
 
 # ---- eval and infer ----
@@ -184,13 +192,15 @@ def test_infer_one_line_per_clip_in_order(scored, demo_data):
     assert [r["clip_id"] for r in rows] == [r["clip_id"] for r in read_manifest(demo_data)]
     for r in rows:
         assert set(r) == {"clip_id", "scene", "camera", "first_frame", "score", "tubelet_scores"}
-        assert len(r["tubelet_scores"]) == 4 and r["score"] == pytest.approx(np.mean(r["tubelet_scores"]), abs=2e-6)
+        assert (len(r["tubelet_scores"]) == 4
+                and r["score"] == pytest.approx(np.mean(r["tubelet_scores"]), abs=2e-6))
 
 
 @pytest.mark.skipif(not REALDATA.is_dir(), reason="../shared/realdata not present")
 def test_real_dashcam_frames_end_to_end(tmp_path, tiny_encoder):
     run = tmp_path / "run"  # every clip there is split=test: draw a seeded split instead
-    train_run(run, REALDATA / "manifest.jsonl", tiny_encoder, "--epochs", 2, "--set", "data.use_manifest_split=false")
+    train_run(run, REALDATA / "manifest.jsonl", tiny_encoder, "--epochs", 2, "--set",
+              "data.use_manifest_split=false")
     out = tmp_path / "scores.jsonl"
     run_script("infer.py", "--checkpoint", run / "best.pt", "--manifest", REALDATA / "manifest.jsonl",
                "--encoder", tiny_encoder, "--output", out, check=True)

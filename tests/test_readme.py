@@ -21,13 +21,15 @@ def test_every_example_runs_or_has_a_reason():
             for literal in ("/data/", "/models/"):
                 run = run.replace(literal, "")  # stand-ins replace those paths
             left = walker.PLACEHOLDER.search(run.replace("../shared", ""))
-            assert not left, f"README:{number}: placeholder {left.group(0)!r} in {cmd!r}: extend SUBSTITUTIONS"
+            assert not left, (f"README:{number}: placeholder {left.group(0)!r} in {cmd!r}: "
+                              "extend SUBSTITUTIONS")
     ran = [cmd for _, cmd, run, _ in steps if run]
     assert any(c.startswith("make demo") for c in ran) and any(c.startswith("make report") for c in ran)
 
 
 def test_walker_reads_blocks_continuations_and_comments():
-    text = ("Intro\n\n    make a X=1 \\\n        Y=2   # comment\n    # a comment line\n    make b S=\"#x\"\n\n"
+    text = ("Intro\n\n    make a X=1 \\\n        Y=2   # comment\n"
+            "    # a comment line\n    make b S=\"#x\"\n\n"
             "- a list item\n    continued text, not code\n\n    {\"json\": 1}\n\n```python\nmake c\n```\n\n"
             "```sh\n$ make d\n```\n\n    #SBATCH --array=0-1\n    make e I=$SLURM_ARRAY_TASK_ID\n")
     assert [c for _, c in walker.commands(text)] == ["make a X=1 Y=2", 'make b S="#x"', "make d",
@@ -41,12 +43,14 @@ def test_fast_examples_run_as_written():
     ran = [(number, cmd) for number, cmd, status in results if status == "ok"]
     failed = [r for r in results if r[2].startswith("FAIL")]
     assert not failed, "\n".join(lines)
-    assert any("make manifest NUSCENES=" in cmd for _, cmd in ran) and any("make check" in cmd for _, cmd in ran)
+    assert (any("make manifest NUSCENES=" in cmd for _, cmd in ran)
+            and any("make check" in cmd for _, cmd in ran))
     assert any("make manifest FRAMES_DIR=" in cmd for _, cmd in ran)
 
 
 def test_checkpoint_size_is_the_measured_one(tmp_path):
-    """README and notebook state a ViT-L checkpoint's size: a 1024-d head with AdamW state, saved as train.py does."""
+    """README and notebook state a ViT-L checkpoint's size: a 1024-d head with AdamW state, saved as train.py
+    does."""
     head = jepa.PredictorHead(1024, 1024, 0.1)
     optimizer = torch.optim.AdamW(head.parameters(), lr=1e-4)
     x = torch.randn(4, 1024)

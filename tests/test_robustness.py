@@ -28,17 +28,20 @@ def metrics(run_dir):
 
 
 @pytest.mark.parametrize("kill_at", ["encode_chunk:1", "epoch_end:2", "atomic_write:epoch_002.pt"])
-def test_train_killed_then_resumed_equals_uninterrupted(tmp_path, tiny_encoder, demo_data, reference, kill_at):
+def test_train_killed_then_resumed_equals_uninterrupted(tmp_path, tiny_encoder, demo_data, reference,
+                                                        kill_at):
     args = ["--manifest", demo_data, "--encoder", tiny_encoder, "--run-dir", tmp_path, "--epochs", 4, *CHUNK]
     killed = run_script("train.py", *args, env={"JEPA_TEST_KILL_AT": kill_at})
     assert killed.returncode == -9
     if kill_at.startswith("encode"):
         assert len(list((tmp_path / "features").glob("chunk_*.pt"))) == 2  # chunks 0 and 1 kept
     else:  # whatever the moment of the kill, last.pt is a complete, loadable epoch
-        assert jepa.load_checkpoint(tmp_path / "last.pt")["epoch"] == (2 if kill_at.startswith("epoch") else 1)
+        assert (jepa.load_checkpoint(tmp_path / "last.pt")["epoch"]
+                == (2 if kill_at.startswith("epoch") else 1))
     assert not (tmp_path / "epoch_002.pt").exists() or kill_at.startswith("epoch")
     train.main([*map(str, args), "--resume"])
-    assert metrics(tmp_path) == [dict(m, time_s=n["time_s"]) for m, n in zip(metrics(reference), metrics(tmp_path))]
+    assert metrics(tmp_path) == [dict(m, time_s=n["time_s"])
+                                 for m, n in zip(metrics(reference), metrics(tmp_path))]
     ref_w, got_w = weights(reference / "last.pt"), weights(tmp_path / "last.pt")
     assert all(torch.equal(ref_w[k], got_w[k]) for k in ref_w)  # bit-identical
     assert not list(tmp_path.glob(".*.tmp*"))
@@ -81,10 +84,13 @@ def test_train_epoch_raises_on_nonfinite_loss():
 # ---- scoring survives kills ----
 
 @pytest.mark.parametrize("kill_line", [1, 9])
-def test_infer_killed_then_rerun_is_byte_identical(tmp_path, reference, tiny_encoder, demo_data, scored, kill_line):
+def test_infer_killed_then_rerun_is_byte_identical(tmp_path, reference, tiny_encoder, demo_data, scored,
+                                                   kill_line):
     out = tmp_path / "scores.jsonl"
-    args = ["--checkpoint", reference / "best.pt", "--manifest", demo_data, "--encoder", tiny_encoder, "--output", out]
-    assert run_script("infer.py", *args, env={"JEPA_TEST_KILL_AT": f"infer_line:{kill_line}"}).returncode == -9
+    args = ["--checkpoint", reference / "best.pt", "--manifest", demo_data, "--encoder", tiny_encoder,
+            "--output", out]
+    assert run_script("infer.py", *args,
+                      env={"JEPA_TEST_KILL_AT": f"infer_line:{kill_line}"}).returncode == -9
     assert len(out.read_text().splitlines()) == kill_line
     with open(out, "a") as f:
         f.write('{"clip_id": "scene_0__CAM_')  # a line torn by the kill
@@ -99,8 +105,8 @@ def test_infer_killed_then_rerun_is_byte_identical(tmp_path, reference, tiny_enc
     assert rows.shape == (15, 64) and rows.dtype == np.float32 and np.isfinite(rows).all()
 
 
-def test_infer_refuses_other_checkpoint_and_overwrite_starts_over(tmp_path, reference, tiny_encoder, demo_data,
-                                                                  scored):
+def test_infer_refuses_other_checkpoint_and_overwrite_starts_over(tmp_path, reference, tiny_encoder,
+                                                                  demo_data, scored):
     out = tmp_path / "scores.jsonl"
     shutil.copy(scored, out)
     shutil.copy(str(scored) + ".meta.json", str(out) + ".meta.json")
@@ -114,7 +120,8 @@ def test_infer_refuses_other_checkpoint_and_overwrite_starts_over(tmp_path, refe
 def test_infer_bad_clip_gets_error_line_and_exit_1(tmp_path, reference, tiny_encoder, demo_data):
     rows = [json.loads(x) for x in demo_data.read_text().splitlines()][:3]
     rows[1]["frame_paths"] = [str(demo_data.parent / p) for p in rows[1]["frame_paths"]]
-    (tmp_path / "broken.jpg").write_bytes(Path(rows[1]["frame_paths"][0]).read_bytes()[:300])  # truncated JPEG
+    # truncated JPEG
+    (tmp_path / "broken.jpg").write_bytes(Path(rows[1]["frame_paths"][0]).read_bytes()[:300])
     rows[1]["frame_paths"][3] = str(tmp_path / "broken.jpg")
     rows[2]["frame_paths"] = [str(demo_data.parent / p) for p in rows[2]["frame_paths"]]
     rows[0]["frame_paths"] = [str(demo_data.parent / p) for p in rows[0]["frame_paths"]]
@@ -167,7 +174,8 @@ def test_unusable_frames_are_named(tmp_path):
     assert lines[0] == f"{m}:1: frame {tmp_path / 'missing.jpg'}: file not found"
     assert lines[1] == f"{m}:1: frame {tmp_path / 'zero.jpg'}: zero-byte file"
     assert lines[2].startswith(f"{m}:2: frame {tmp_path / 'text.jpg'}: not a readable image")
-    assert lines[3].startswith(f"{m}:2: frame {tmp_path / 'trunc.jpg'}: not a readable image") and len(lines) == 4
+    assert (lines[3].startswith(f"{m}:2: frame {tmp_path / 'trunc.jpg'}: not a readable image")
+            and len(lines) == 4)
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P", "I;16", "CMYK", "1"])
@@ -183,7 +191,8 @@ def test_odd_image_modes_and_small_images_just_work(tmp_path, mode):
     (["training.epochs=ten"], "--set training.epochs: training.epochs must be int, got 'ten'"),
     (["data.mask_ratio=1.5"], "config key data.mask_ratio = 1.5 must be in [0, 1]"),
     (["training.lr=0"], "config key training.lr = 0.0 must be > 0"),
-    (["data.image_size=225"], "config key data.image_size = 225 must be a positive multiple of data.patch_size"),
+    (["data.image_size=225"],
+     "config key data.image_size = 225 must be a positive multiple of data.patch_size"),
     (["training.epochs=0"], "config key training.epochs = 0 must be >= 1"),
     (["evaluation.aggregate=median"], "must be one of mean, max"),
     (["nokey"], "expected section.key=value"),
@@ -205,10 +214,13 @@ def test_config_accepts_yaml_exponent_text_and_partial_file(tmp_path):
 
 def test_cli_errors_are_one_line_without_traceback(tmp_path, tiny_encoder, demo_data):
     cases = [
-        (["train.py", "--manifest", tmp_path / "nope.jsonl"], f"error: {tmp_path / 'nope.jsonl'}: manifest not found"),
-        (["train.py", "--manifest", demo_data, "--set", "training.lrr=1"], "error: --set training.lrr: unknown config"),
+        (["train.py", "--manifest", tmp_path / "nope.jsonl"],
+         f"error: {tmp_path / 'nope.jsonl'}: manifest not found"),
+        (["train.py", "--manifest", demo_data, "--set", "training.lrr=1"],
+         "error: --set training.lrr: unknown config"),
         (["train.py", "--manifest", demo_data, "--encoder", tmp_path], "has no config.json"),
-        (["train.py", "--manifest", demo_data, "--encoder", tmp_path / "missing"], "no such folder and not a hub id"),
+        (["train.py", "--manifest", demo_data, "--encoder", tmp_path / "missing"],
+         "no such folder and not a hub id"),
     ]
     for args, message in cases:
         proc = run_script(*args, "--run-dir", tmp_path / "run")
@@ -219,7 +231,8 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path, tiny_encoder, demo_
 
 def test_encoder_that_is_not_vjepa2_and_offline_hub_id(tmp_path, monkeypatch):
     from transformers import BertConfig
-    BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8).save_pretrained(tmp_path)
+    BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+               intermediate_size=8).save_pretrained(tmp_path)
     with pytest.raises(cli.UserError, match="is a 'bert' model, not V-JEPA 2"):
         jepa.VJEPAEncoder(str(tmp_path))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -230,9 +243,10 @@ def test_encoder_that_is_not_vjepa2_and_offline_hub_id(tmp_path, monkeypatch):
 def test_checkpoint_for_another_encoder_is_refused(tmp_path, reference, demo_data):
     import demo
     other = demo.make_tiny_encoder(tmp_path / "other", seed=1)  # same size, other weights
-    proc = run_script("eval.py", "--checkpoint", reference / "best.pt", "--manifest", demo_data, "--encoder", other,
-                      "--output", tmp_path / "e.json")
-    assert proc.returncode == 2 and "has fingerprint" in proc.stderr and "pass the training encoder" in proc.stderr
+    proc = run_script("eval.py", "--checkpoint", reference / "best.pt", "--manifest", demo_data, "--encoder",
+                      other, "--output", tmp_path / "e.json")
+    assert (proc.returncode == 2 and "has fingerprint" in proc.stderr
+            and "pass the training encoder" in proc.stderr)
     ckpt = jepa.load_checkpoint(reference / "best.pt")
     ckpt["embed_dim"] = 1024
     enc = jepa.VJEPAEncoder(str(other))
@@ -274,7 +288,8 @@ def test_checkpoint_that_would_run_code_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("JEPA_PWNED", str(marker))
     bad = tmp_path / "evil.pt"
     torch.save({"model_state": RunsCode()}, bad, pickle_protocol=2)
-    with pytest.raises(cli.UserError, match=r"not a jepa-clips checkpoint \(or one that would run code\); refusing to load it"):
+    with pytest.raises(cli.UserError, match=r"not a jepa-clips checkpoint \(or one that would run "
+                       r"code\); refusing to load it"):
         jepa.load_checkpoint(bad)
     assert not marker.exists()
     with open(bad, "wb") as f:

@@ -15,18 +15,22 @@ def test_shards_merge_byte_identical_to_single_run(tmp_path, reference, tiny_enc
                    tiny_encoder, "--output", out, "--shard", f"{i}/3", check=True)
         assert len(out.read_text().splitlines()) == 5
         shards.append(out)
-    assert json.loads(shards[1].read_text().splitlines()[0])["clip_id"] == "scene_0__CAM_FRONT__001"  # position 1
+    # position 1
+    assert json.loads(shards[1].read_text().splitlines()[0])["clip_id"] == "scene_0__CAM_FRONT__001"
     merged = tmp_path / "merged.jsonl"
     run_script("infer.py", "--merge", *shards, "--manifest", demo_data, "--output", merged, check=True)
     assert merged.read_bytes() == scored.read_bytes()
-    assert (tmp_path / "merged.jsonl.emb.npy").read_bytes() == (scored.parent / "scores.jsonl.emb.npy").read_bytes()
-    assert (tmp_path / "merged.jsonl.meta.json").read_text() == (scored.parent / "scores.jsonl.meta.json").read_text()
+    assert ((tmp_path / "merged.jsonl.emb.npy").read_bytes()
+            == (scored.parent / "scores.jsonl.emb.npy").read_bytes())
+    assert ((tmp_path / "merged.jsonl.meta.json").read_text()
+            == (scored.parent / "scores.jsonl.meta.json").read_text())
 
     proc = run_script("infer.py", "--merge", *shards[:2], "--manifest", demo_data, "--output", merged)
     assert proc.returncode == 2 and "clip 'scene_0__CAM_FRONT__002' (line 3) is in no shard" in proc.stderr
     for suffix in ("", ".meta.json", ".emb.npy"):
         shutil.copy(f"{shards[0]}{suffix}", f"{tmp_path / 'dup.jsonl'}{suffix}")
-    proc = run_script("infer.py", "--merge", *shards, tmp_path / "dup.jsonl", "--manifest", demo_data, "--output", merged)
+    proc = run_script("infer.py", "--merge", *shards, tmp_path / "dup.jsonl", "--manifest", demo_data,
+                      "--output", merged)
     assert proc.returncode == 2 and "dup.jsonl:1: clip 'scene_0__CAM_FRONT__000' is also in" in proc.stderr
     assert merged.read_bytes() == scored.read_bytes()  # a refused merge leaves the earlier output alone
 
