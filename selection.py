@@ -49,21 +49,22 @@ def _number(x):
 
 
 class Scores:
-    """infer.py's scores JSONL, lean enough for millions of clips: per clip only its id, score and scene are
-    held; any other field is re-read from its line. Row i is line i + 1 (blank lines are refused).
+    """infer.py's scores JSONL, lean enough for millions of clips: per clip only its score, scene and line offset
+    are held; the clip_id and any other field are re-read from its line. Row i is line i + 1 (blank lines are
+    refused).
 
-    ids: N str; score: (N,) float64, NaN = no score; scene: (N,) int32 index into scene_names."""
+    ids: ClipIds (N clip_ids, read on demand); score: (N,) float64, NaN = no score; scene: (N,) int32 index
+    into scene_names; offsets: (N,) int64 byte offset of each line."""
 
     def __init__(self, path):
         self.path = Path(path)
         if not self.path.is_file():
             raise cli.UserError(f"{path}: scores file not found (write one with make score)")
-        self.ids, scene_code, self.scene_names = [], {}, []
+        scene_code, self.scene_names = {}, []
         score, scene, offsets, pos = array("d"), array("i"), array("q"), 0
         with open(self.path, "rb") as f:
             for i, raw in enumerate(f):
                 obj = self._parse(raw, i)
-                self.ids.append(obj["clip_id"])
                 s = obj.get("score")
                 score.append(s if s is not None and math.isfinite(s) else math.nan)
                 name = str(obj.get("scene", "unknown"))
@@ -73,13 +74,14 @@ class Scores:
                 scene.append(scene_code[name])
                 offsets.append(pos)
                 pos += len(raw)
-        if not self.ids:
+        if not offsets:
             raise cli.UserError(f"{path}: empty scores file (no clips)")
         self.score, self.scene = np.frombuffer(score, np.float64), np.frombuffer(scene, np.int32)
         self.offsets = np.frombuffer(offsets, np.int64)
+        self.ids = ClipIds(self)
 
     def __len__(self):
-        return len(self.ids)
+        return len(self.offsets)
 
     def where(self, i):
         return f"{self.path}:{i + 1}"
@@ -110,6 +112,31 @@ class Scores:
         except ValueError:
             raise cli.UserError(f"{self.path}: no clip {clip_id!r} in this scores file; pass a clip_id "
                                  f"from it")
+
+
+class ClipIds:
+    """The clip_ids of a scores file, re-read from their lines when asked for instead of held: a million Python
+    strings would be most of select's memory. Supports len(), [i], iteration and index()."""
+
+    def __init__(self, scores):
+        self.scores = scores
+
+    def __len__(self):
+        return len(self.scores)
+
+    def __getitem__(self, i):
+        return self.scores.line(int(i))["clip_id"]
+
+    def __iter__(self):
+        with open(self.scores.path, "rb") as f:
+            for raw in f:
+                yield json.loads(raw)["clip_id"]
+
+    def index(self, clip_id):
+        for i, c in enumerate(self):
+            if c == clip_id:
+                return i
+        raise ValueError(clip_id)
 
 
 def read_meta(scores_path):

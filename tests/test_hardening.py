@@ -274,3 +274,24 @@ def test_report_never_hangs_clobbers_or_tracebacks(tmp_path, scored, demo_data):
         bad = write_jsonl(tmp_path / "bad.jsonl", [dict(rows[0], **edit)])
         proc = run_script("report.py", "--scores", bad, "--output", tmp_path / "b.html")
         assert proc.returncode == 2 and words in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_full_disk_is_found_before_encoding(tmp_path, monkeypatch):
+    class Tiny:
+        f_bavail, f_frsize = 10, 4096  # 40 KB free
+
+    monkeypatch.setattr(cli.os, "statvfs", lambda _: Tiny)
+    with pytest.raises(cli.UserError, match=r"out.jsonl: only 0 MB free in .*, about 5 MB needed; free some"):
+        cli.check_output(tmp_path / "out.jsonl", needed_bytes=5 << 20)
+
+
+def test_check_warns_about_exif_rotated_frames(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display": fed as stored, i.e. sideways
+    for name, kwargs in (("rotated.jpg", {"exif": exif}), ("upright.jpg", {})):
+        Image.new("RGB", (32, 16)).save(tmp_path / name, **kwargs)
+    m = write_jsonl(tmp_path / "m.jsonl", [{"clip_id": "a", "frames": ["rotated.jpg", "upright.jpg"]}])
+    proc = run_script("manifest.py", "check", "--manifest", m)
+    assert proc.returncode == 0
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "rotated.jpg: EXIF orientation 6 is ignored" in warnings[0]
