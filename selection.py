@@ -119,13 +119,16 @@ class ClipIds:
     strings would be most of select's memory. Supports len(), [i], iteration and index()."""
 
     def __init__(self, scores):
-        self.scores = scores
+        self.scores, self._file = scores, None
 
     def __len__(self):
         return len(self.scores)
 
     def __getitem__(self, i):
-        return self.scores.line(int(i))["clip_id"]
+        if self._file is None:  # one handle for all lookups: ties in a large file can ask for many ids
+            self._file = open(self.scores.path, "rb")
+        self._file.seek(int(self.scores.offsets[i]))
+        return self.scores._parse(self._file.readline(), int(i))["clip_id"]
 
     def __iter__(self):
         with open(self.scores.path, "rb") as f:
