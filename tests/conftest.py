@@ -62,3 +62,19 @@ def scored(tmp_path_factory, reference, tiny_encoder, demo_data):
     run_script("infer.py", "--checkpoint", reference / "best.pt", "--manifest", demo_data, "--encoder",
                tiny_encoder, "--output", out, check=True)
     return out
+
+
+@pytest.fixture(scope="session")
+def slurm_shards(tmp_path_factory, reference, tiny_encoder, demo_data):
+    """The reference head's scores in 3 shards, made by docs/slurm_score.sbatch as a 3-task array (--array=1-3)
+    runs it; returns (shard files in task order, the environment the tasks shared)."""
+    out_dir = tmp_path_factory.mktemp("slurm")
+    common = {"CKPT": str(reference / "best.pt"), "MANIFEST": str(demo_data), "OUT_DIR": str(out_dir),
+              "ENCODER": str(tiny_encoder), "SLURM_SUBMIT_DIR": str(ROOT), "PYTHON": sys.executable}
+    for task in (1, 2, 3):
+        env = dict(os.environ, **common, SLURM_ARRAY_TASK_ID=str(task), SLURM_ARRAY_TASK_MIN="1",
+                   SLURM_ARRAY_TASK_COUNT="3")
+        proc = subprocess.run(["bash", "docs/slurm_score.sbatch"], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr
+    return [out_dir / f"shard-{task}.jsonl" for task in (1, 2, 3)], common

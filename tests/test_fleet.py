@@ -61,28 +61,18 @@ def test_shard_auto_errors_are_one_line(env, message):
 
 
 def run_example(command, env):
-    full = dict(os.environ, PYTHON=sys.executable, **env)
+    full = dict(os.environ, **{"PYTHON": sys.executable, **env})
     return subprocess.run(["bash", "-c", command], cwd=ROOT, env=full, capture_output=True, text=True,
                           timeout=600)
 
 
-def test_cluster_examples_as_a_3_task_array_merge_to_the_single_run(tmp_path, reference, tiny_encoder,
-                                                                    demo_data, scored):
-    common = {"CKPT": str(reference / "best.pt"), "MANIFEST": str(demo_data),
-              "OUT_DIR": str(tmp_path / "slurm"), "ENCODER": str(tiny_encoder), "SLURM_SUBMIT_DIR": str(ROOT)}
-    for task in (1, 2, 3):  # sbatch --array=1-3
-        env = dict(common, SLURM_ARRAY_TASK_ID=str(task), SLURM_ARRAY_TASK_MIN="1",
-                   SLURM_ARRAY_TASK_COUNT="3")
-        proc = run_example("bash docs/slurm_score.sbatch", env)
-        assert proc.returncode == 0, proc.stderr
-    shards = sorted((tmp_path / "slurm").glob("shard-*.jsonl"))
+def test_cluster_examples_as_a_3_task_array_merge_to_the_single_run(tmp_path, demo_data, scored, slurm_shards):
+    shards, common = slurm_shards  # conftest ran docs/slurm_score.sbatch as tasks 1-3 of an array
     assert [len(s.read_text().splitlines()) for s in shards] == [5, 5, 5]
     merged = tmp_path / "all.jsonl"
-    assert infer.main(["--merge", *map(str, shards), "--manifest", str(demo_data), "--output",
-                       str(merged)]) == 0
+    assert infer.main(["--merge", *map(str, shards), "--manifest", str(demo_data), "--output", str(merged)]) == 0
     assert merged.read_bytes() == scored.read_bytes()
-    assert ((tmp_path / "all.jsonl.emb.npy").read_bytes()
-            == (scored.parent / "scores.jsonl.emb.npy").read_bytes())
+    assert (tmp_path / "all.jsonl.emb.npy").read_bytes() == (scored.parent / "scores.jsonl.emb.npy").read_bytes()
 
     score_job, merge_job = yaml.safe_load_all((ROOT / "docs" / "k8s_score_job.yaml").read_text())
     spec = score_job["spec"]
@@ -94,11 +84,10 @@ def test_cluster_examples_as_a_3_task_array_merge_to_the_single_run(tmp_path, re
     assert container["command"] == ["bash", "-c"]
     proc = run_example(container["args"][0], k8s)
     assert proc.returncode == 0, proc.stderr
-    assert ((tmp_path / "k8s" / "shard-1.jsonl").read_bytes()
-            == (tmp_path / "slurm" / "shard-2.jsonl").read_bytes())
+    assert (tmp_path / "k8s" / "shard-1.jsonl").read_bytes() == shards[1].read_bytes()
     merge_args = merge_job["spec"]["template"]["spec"]["containers"][0]["args"][0]
-    proc = run_example(merge_args, dict(common, OUT_DIR=str(tmp_path / "slurm")))
-    assert proc.returncode == 0 and (tmp_path / "slurm" / "all.jsonl").read_bytes() == scored.read_bytes()
+    proc = run_example(merge_args, dict(common, OUT_DIR=str(shards[0].parent)))
+    assert proc.returncode == 0 and (shards[0].parent / "all.jsonl").read_bytes() == scored.read_bytes()
 
 
 def fake_shard(path, clip_ids, sha="a", tail=""):
