@@ -310,13 +310,14 @@ def main(argv=None):
     if run_dir.exists() and not run_dir.is_dir():
         raise cli.UserError(f"--run-dir {run_dir}: is a file, not a folder; choose another RUN=")
     cfg = resolve_config(args, run_dir)
-    splits = load_splits(resolve_manifest(args, run_dir), cfg)
+    manifest = resolve_manifest(args, run_dir)
+    splits = load_splits(manifest, cfg)
     device = jepa.resolve_device(args.device)
     # before the run folder: bad input leaves none
     encoder = jepa.VJEPAEncoder(cfg["model"]["encoder_name"], device)
     run_dir.mkdir(parents=True, exist_ok=True)
     with cli.exclusive_lock(run_dir / ".lock", f"run folder {run_dir}"):  # one writer per run folder
-        snapshot_run(run_dir, cfg, resolve_manifest(args, run_dir))
+        snapshot_run(run_dir, cfg, manifest)
         t0 = time.time()
         train_set, val_set, identity = encode_stage(args, cfg, splits, encoder, device, run_dir)
         encode_s = time.time() - t0

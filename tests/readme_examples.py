@@ -52,6 +52,7 @@ SUBSTITUTIONS = [
     ("ENCODER=...", "ENCODER=/models/vjepa2-vitl-fpc64-256"),
     ("CKPT=best.pt", "CKPT=experiments/lr1e-3/best.pt"),
     ("MANIFEST=fleet.jsonl", "MANIFEST=data/fleet.jsonl"),
+    ("CLIP=scene-0061__CAM_FRONT__000", "CLIP=fleet_00__CAM_FRONT__000"),  # a clip of the stand-in fleet
 ]
 PLACEHOLDER = re.compile(r"\.\.\.|path/to/|\bRUN/|<[a-z_ -]+>")
 NEEDS_NO_ENCODER = re.compile(r"^make (manifest|check|help)\b|^python3? manifest\.py\b")
