@@ -494,7 +494,8 @@ def bench_select_section(args):
              f"{os.cpu_count()} CPUs: `make select TOP={r['select_top']}` (with a manifest) and one "
              f"`make similar` query over synthetic embeddings, D=1024 float32 ({big * 4096 / 1e9:.1f} GB at "
              f"{big:,} clips). Each command runs in a fresh process; peak RSS is its VmHWM, `above imports` "
-             f"the part above its RSS once its imports are done (numpy, PIL, yaml; selection.py needs no torch).")
+             f"the part above its RSS once its imports are done (numpy, PIL, yaml; selection.py needs no "
+             f"torch).")
     verdict = (f"Targets (select < 60 s at {big:,} clips; RSS {big:,}/{small:,} <= 1.5 for both): "
                f"{'met' if met else 'MISSED'} in this run. At {big:,} clips select walked "
                f"{r[f'select_{big}_walked']:,} clips for its {r['select_top']:,} picks.")
@@ -522,9 +523,10 @@ SELECT_NOTES = """\
   clips it walks: when the clips hold fewer distinct events than TOP, it walks every scored clip.
 - **Memory:** about 30 MB of each peak is the interpreter with its imports (selection.py imports no torch).
   Above that, select holds a float64 score, an int32 scene and an int64 line offset per clip (20 MB at 1M;
-  clip_ids are re-read from their lines when needed) plus one walk batch. Scattered rows are read with `pread`: read through a memory map, each row
-  touched mapped a whole page-cache folio (over 1 MB a row on this kernel), and one batch of 1,024 rows added
-  1.4 GB to RSS. similar holds the same per-clip arrays plus one `selection.chunk_mb` chunk and its mapping.
+  clip_ids are re-read from their lines when needed) plus one walk batch. Scattered rows are read with
+  `pread`: read through a memory map, each row touched mapped a whole page-cache folio (over 1 MB a row on
+  this kernel), and one batch of 1,024 rows added 1.4 GB to RSS. similar holds the same per-clip arrays plus
+  one `selection.chunk_mb` chunk and its mapping.
 - similar at 1M reads 4 GB. Here the file was still in the page cache from being written; from a cold disk,
   add the time to read 4 GB."""
 

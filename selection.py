@@ -49,9 +49,9 @@ def _number(x):
 
 
 class Scores:
-    """infer.py's scores JSONL, lean enough for millions of clips: per clip only its score, scene and line offset
-    are held; the clip_id and any other field are re-read from its line. Row i is line i + 1 (blank lines are
-    refused).
+    """infer.py's scores JSONL, lean enough for millions of clips: per clip only its score, scene and line
+    offset are held; the clip_id and any other field are re-read from its line. Row i is line i + 1 (blank
+    lines are refused).
 
     ids: ClipIds (N clip_ids, read on demand); score: (N,) float64, NaN = no score; scene: (N,) int32 index
     into scene_names; offsets: (N,) int64 byte offset of each line."""
@@ -115,8 +115,8 @@ class Scores:
 
 
 class ClipIds:
-    """The clip_ids of a scores file, re-read from their lines when asked for instead of held: a million Python
-    strings would be most of select's memory. Supports len(), [i], iteration and index()."""
+    """The clip_ids of a scores file, re-read from their lines when asked for instead of held: a million
+    Python strings would be most of select's memory. Supports len(), [i], iteration and index()."""
 
     def __init__(self, scores):
         self.scores, self._file = scores, None

@@ -66,8 +66,8 @@ def scored(tmp_path_factory, reference, tiny_encoder, demo_data):
 
 @pytest.fixture(scope="session")
 def slurm_shards(tmp_path_factory, reference, tiny_encoder, demo_data):
-    """The reference head's scores in 3 shards, made by docs/slurm_score.sbatch as a 3-task array (--array=1-3)
-    runs it; returns (shard files in task order, the environment the tasks shared)."""
+    """The reference head's scores in 3 shards, made by docs/slurm_score.sbatch as a 3-task array
+    (--array=1-3) runs it; returns (shard files in task order, the environment the tasks shared)."""
     out_dir = tmp_path_factory.mktemp("slurm")
     common = {"CKPT": str(reference / "best.pt"), "MANIFEST": str(demo_data), "OUT_DIR": str(out_dir),
               "ENCODER": str(tiny_encoder), "SLURM_SUBMIT_DIR": str(ROOT), "PYTHON": sys.executable}

@@ -66,13 +66,16 @@ def run_example(command, env):
                           timeout=600)
 
 
-def test_cluster_examples_as_a_3_task_array_merge_to_the_single_run(tmp_path, demo_data, scored, slurm_shards):
+def test_cluster_examples_as_a_3_task_array_merge_to_the_single_run(tmp_path, demo_data, scored,
+                                                                    slurm_shards):
     shards, common = slurm_shards  # conftest ran docs/slurm_score.sbatch as tasks 1-3 of an array
     assert [len(s.read_text().splitlines()) for s in shards] == [5, 5, 5]
     merged = tmp_path / "all.jsonl"
-    assert infer.main(["--merge", *map(str, shards), "--manifest", str(demo_data), "--output", str(merged)]) == 0
+    assert infer.main(["--merge", *map(str, shards), "--manifest", str(demo_data), "--output",
+                       str(merged)]) == 0
     assert merged.read_bytes() == scored.read_bytes()
-    assert (tmp_path / "all.jsonl.emb.npy").read_bytes() == (scored.parent / "scores.jsonl.emb.npy").read_bytes()
+    assert ((tmp_path / "all.jsonl.emb.npy").read_bytes()
+            == (scored.parent / "scores.jsonl.emb.npy").read_bytes())
 
     score_job, merge_job = yaml.safe_load_all((ROOT / "docs" / "k8s_score_job.yaml").read_text())
     spec = score_job["spec"]
