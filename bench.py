@@ -517,7 +517,7 @@ SELECT_NOTES = """\
   between events) with nearly equal scores, so the raw top is crowded by repeats; 2 events a scene; every
   97th clip failed (null score, NaN row). The manifest has 8 frames and timestamps a clip. At 10,000 clips
   the 1,000 picks take one clip of every event, so select walks nearly all clips there.
-- **Time** in select at 1M: mostly reading the scores file (one `json.loads` per line, ~10 µs each here), then
+- **Time** in select at 1M: mostly reading the scores file (one `json.loads` per line, ~10 us each here), then
   ordering them and streaming the manifest (lines of other clips are skipped by a regex on their clip_id,
   ~2 s). The greedy walk reads only the walked clips' rows, 1,024 at a time, so its cost grows with the
   clips it walks: when the clips hold fewer distinct events than TOP, it walks every scored clip.

@@ -174,11 +174,11 @@ def main(argv=None):
     args = parse_args(argv)
     cli.check_output(args.output, {"--checkpoint": args.checkpoint, "--manifest": args.manifest,
                                     "--labels": args.labels})
+    labels = read_labels(args.labels) if args.labels else None  # bad labels: found before the encoder loads
     scorer = jepa.load_for_scoring(args)
     records = read_manifest(args.manifest, scorer.config["data"]["root"],
                             scorer.config["data"]["tubelet_size"])
     check_frames(records, args.manifest)
-    labels = read_labels(args.labels) if args.labels else None
     if labels is not None:
         check_label_overlap(labels, records, args.labels, args.manifest)
     ev = scorer.config["evaluation"]
