@@ -24,7 +24,7 @@ TRAIN_ARGS = --config $(CONFIG) $(TRAIN_MANIFEST) --run-dir $(RUN) $(COMMON) $(c
 	$(if $(RESUME),--resume) $(ARGS)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo manifest check train eval score merge report select similar test walk-readme bench clean
+.PHONY: help install demo manifest check train eval score merge report select similar test browser walk-readme bench clean
 
 help:
 	@echo "jepa-clips: mine driving clips worth a human's review (see README.md)"
@@ -32,6 +32,7 @@ help:
 	@echo "  make demo                 whole pipeline on synthetic clips and a tiny encoder (no GPU, no network)"
 	@echo "                            [SEED=] [EPOCHS=]"
 	@echo "  make test                 run the test suite (builds .venv from requirements.txt if missing)"
+	@echo "  make browser              install headless Chromium (apt) so the review-page tests run, not skip"
 	@echo "  make install              build .venv from requirements.txt"
 	@echo "  make manifest             NUSCENES=/data/nuscenes [VERSION=v1.0-mini] [CAMERAS=CAM_FRONT|a,b|all]"
 	@echo "                            [SOURCE=samples|sweeps], or FRAMES_DIR=/data/drives;"
@@ -119,6 +120,12 @@ similar: $(INSTALL)
 
 test: $(INSTALL)
 	$(PYTHON) -m pytest -q tests $(ARGS)
+
+# headless Chromium for the review-page tests (they skip without it); best effort: needs root and apt-get
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null \
+		|| (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
+		|| echo "warning: could not install chromium (needs root and apt-get); page tests will skip"
 
 walk-readme: $(INSTALL)
 	$(PYTHON) tests/readme_examples.py $(ARGS)
