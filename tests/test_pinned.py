@@ -1,12 +1,12 @@
-"""Outputs of a fixed-seed run, pinned: a refactor must leave them unchanged. The losses and eval metrics were
-recorded before the top-down restructuring (issue 10) and must never be regenerated to make a change pass; a change
-that is meant to alter the numbers says so in its commit and updates them on purpose.
+"""Outputs of a fixed-seed run, pinned: a refactor must leave them unchanged. The losses and eval metrics
+were recorded before the top-down restructuring (issue 10) and must never be regenerated to make a change
+pass; a change that is meant to alter the numbers says so in its commit and updates them on purpose.
 
-Why a tolerance and not byte equality: the same code on another CPU (other SIMD kernels in the optimizer and the
-matmuls) moves the 8th significant digit (CI's machine gave val loss 0.0935396353 against the recorded
-0.0935396378). `REL` is 1e-6: a thousand times that machine noise, and far below any real change (a different
-seed, mask, lr or loss moves these numbers in the 2nd-3rd digit). The head and score figures were recorded on the
-CI machine from the code whose byte hashes matched the original pins on the recording machine."""
+Why a tolerance and not byte equality: the same code on another CPU (other SIMD kernels in the optimizer and
+the matmuls) moves the 8th significant digit (CI's machine gave val loss 0.0935396353 against the recorded
+0.0935396378). `REL` is 1e-6: thirty times that machine noise, and far below any real change (a different
+seed, mask, lr or loss moves these numbers in the 2nd-3rd digit). The head and score figures were recorded on
+the CI machine from the code whose byte hashes matched the original pins on the recording machine."""
 import json
 import os
 
