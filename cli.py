@@ -19,7 +19,6 @@ from pathlib import Path
 import yaml
 
 CONFIG_PATH = Path(__file__).with_name("config.yaml")
-SCORE_DECIMALS = 6  # scores are rounded so re-runs, resumes and shards give byte-identical files
 
 
 # ==================================================================================================
@@ -375,12 +374,6 @@ def exclusive_lock(path, what):
         yield
     finally:
         os.close(fd)  # releases the lock
-
-
-def clip_score(novelty, aggregate):
-    """A clip's score from its tubelets' novelty (1 - cos): mean or max, rounded for stable files."""
-    value = max(novelty) if aggregate == "max" else sum(novelty) / len(novelty)
-    return round(float(value), SCORE_DECIMALS)
 
 
 def file_sha256(path):

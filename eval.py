@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 import cli
+import scorefile
 import jepa
 from manifest import check_frames, read_jsonl, read_manifest
 
@@ -152,8 +153,8 @@ class Evaluation:
         self.pred_cos.append(clip.pred_cos)
         self.masked_cos.append(clip.masked_cos)
         self.per_scene[rec["scene"]].append(clip.pred_cos)
-        self.scores[rec["clip_id"]] = cli.clip_score((1 - clip.pred_cos).tolist(), self.aggregate)
-        self.gaps[rec["clip_id"]] = cli.clip_score((1 - clip.masked_cos).tolist(), self.aggregate)
+        self.scores[rec["clip_id"]] = clip.score(self.aggregate)
+        self.gaps[rec["clip_id"]] = scorefile.clip_score(clip.baseline_novelty(), self.aggregate)
 
     def summary(self):
         all_pred = torch.cat(self.pred_cos).double()

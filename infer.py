@@ -28,6 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 import cli
+import scorefile
 from manifest import id_hash, scan_manifest
 
 IDENTITY = ("checkpoint_sha256", "manifest_fingerprint", "frames_base", "encoder_fingerprint", "shard",
@@ -109,9 +110,8 @@ def result_line(rec, clip, aggregate):
     if clip.error:
         row.update(score=None, tubelet_scores=[], error=clip.error)
     else:
-        novelty = (1 - clip.pred_cos).tolist()
-        row.update(score=cli.clip_score(novelty, aggregate),
-                   tubelet_scores=[round(x, cli.SCORE_DECIMALS) for x in novelty])
+        row.update(score=clip.score(aggregate),
+                   tubelet_scores=[round(x, scorefile.SCORE_DECIMALS) for x in clip.novelty()])
     return (json.dumps(row) + "\n").encode()
 
 

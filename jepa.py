@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import cli
+import scorefile
 
 FORMAT_VERSION = 1  # checkpoint format; bump when its keys change meaning
 SLICE_TUBELETS = 8  # tubelets decoded at once per clip: memory stays flat however long a clip is
@@ -509,6 +510,18 @@ class ClipScore(NamedTuple):
     masked_cos: Optional[torch.Tensor]  # (N,) cos(masked, clean): the no-predictor baseline
     clip_emb: Optional[torch.Tensor]    # (D,) mean of the clip's clean tubelet embeddings
     error: Optional[str]                # why the clip could not be read (then the tensors are None)
+
+    def novelty(self):
+        """Per-tubelet novelty, 1 - cos(predicted, clean), as floats: the one definition of the score."""
+        return (1 - self.pred_cos).tolist()
+
+    def baseline_novelty(self):
+        """The same with the masked embedding in place of the prediction (the no-predictor baseline)."""
+        return (1 - self.masked_cos).tolist()
+
+    def score(self, aggregate):
+        """The clip's score: its novelty aggregated (mean or max) and rounded as the scores file holds it."""
+        return scorefile.clip_score(self.novelty(), aggregate)
 
 
 def score_clips(encoder, head, clips, cfg, workers):

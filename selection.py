@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 import cli
+import scorefile
 
 WALK_BATCH = 1024  # candidates read and compared with the picks in one matrix product
 NN_THRESHOLDS = (0.8, 0.9, 0.95, 0.98, 0.99)  # printed shares of top clips with a neighbour at >= each
@@ -349,7 +350,7 @@ def pick_records(scores, picks, folded, details):
                     "first_frame": obj.get("first_frame") or first, "last_frame": last,
                     "first_timestamp": t0, "last_timestamp": t1,
                     "near_duplicates": [{"clip_id": scores.ids[r], "score": float(scores.score[r]),
-                                         "similarity": round(sim, cli.SCORE_DECIMALS), "reason": reason}
+                                         "similarity": round(sim, scorefile.SCORE_DECIMALS), "reason": reason}
                                         for r, sim, reason in folded[rank - 1]]})
     return out
 
@@ -496,7 +497,8 @@ def run_similar(args, cfg):
         obj = scores.line(r)
         records.append({"rank": rank, "clip_id": obj["clip_id"], "scene": obj.get("scene", "unknown"),
                         "camera": obj.get("camera", "unknown"), "score": obj.get("score"),
-                        "similarity": round(sim, cli.SCORE_DECIMALS), "first_frame": obj.get("first_frame")})
+                        "similarity": round(sim, scorefile.SCORE_DECIMALS),
+                        "first_frame": obj.get("first_frame")})
         score = "failed" if obj.get("score") is None else f"{obj['score']:.4f}"
         print(f"{rank:>4}. cosine {sim:.4f}  score {score:>7}  {obj['clip_id']}")
     cli.atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in records))
