@@ -176,7 +176,7 @@ def main(argv=None):
     cli.check_output(args.output, {"--checkpoint": args.checkpoint, "--manifest": args.manifest,
                                     "--labels": args.labels})
     labels = read_labels(args.labels) if args.labels else None  # bad labels: found before the encoder loads
-    scorer = jepa.load_for_scoring(args)
+    scorer = jepa.load_for_scoring(args.checkpoint, args.device, args.set, **cli.config_flags(args))
     records = read_manifest(args.manifest, scorer.config["data"]["root"],
                             scorer.config["data"]["tubelet_size"])
     check_frames(records, args.manifest)

@@ -239,7 +239,7 @@ def score(args):
 
 def score_locked(args, out, shard):
     import jepa  # torch: only scoring needs it, so --merge stays small and fast (e.g. on a login node)
-    scorer = jepa.load_for_scoring(args)
+    scorer = jepa.load_for_scoring(args.checkpoint, args.device, args.set, **cli.config_flags(args))
     clips = scan_manifest(args.manifest, scorer.config["data"]["root"], scorer.config["data"]["tubelet_size"],
                           shard)
     dim = scorer.encoder.embed_dim

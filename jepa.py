@@ -575,10 +575,11 @@ def load_checkpoint(path):
     return ckpt
 
 
-def head_from_checkpoint(ckpt, path, device="cpu"):
-    """Rebuild the PredictorHead a checkpoint was saved from and load its weights."""
+def head_from_checkpoint(ckpt, path, device="cpu", model=None):
+    """Rebuild the PredictorHead a checkpoint was saved from and load its weights. `model` is the resolved
+    config's model section when the caller has it (else it is resolved from the checkpoint's config)."""
     try:
-        m = cli.load_config(base=ckpt["config"])["model"]
+        m = model or cli.load_config(base=ckpt["config"])["model"]
         head = PredictorHead(ckpt["embed_dim"], m["predictor_hidden_dim"], m["predictor_dropout"])
         head.load_state_dict(ckpt["model_state"])
     except (RuntimeError, ValueError, TypeError, KeyError) as e:
@@ -613,19 +614,20 @@ class Scorer(NamedTuple):
         return score_clips(self.encoder, self.head, clips, self.config, self.workers)
 
 
-def load_for_scoring(args):
-    """A Scorer for eval.py/infer.py: the training config, of which only cli.MAY_CHANGE["scoring"] keys may be
-    overridden (masks must match training), and the encoder checked against the one the head was trained
-    on."""
-    ckpt = load_checkpoint(args.checkpoint)
-    cfg = cli.load_config(None, args.set, base=ckpt["config"], **cli.config_flags(args))
-    cli.refuse_changes(ckpt["config"], cfg, "scoring", f"the training config of {args.checkpoint}",
+def load_for_scoring(checkpoint, device="auto", sets=(), **named):
+    """A Scorer for eval.py/infer.py from the checkpoint path, the device name, --set overrides and named
+    config flags (e.g. encoder=...): the training config, of which only cli.MAY_CHANGE["scoring"] keys may be
+    overridden (masks must match training), resolved once, and the encoder checked against the one the head
+    was trained on."""
+    ckpt = load_checkpoint(checkpoint)
+    cfg = cli.load_config(None, sets, base=ckpt["config"], **named)
+    cli.refuse_changes(ckpt["config"], cfg, "scoring", f"the training config of {checkpoint}",
                    "masks and features must match training, so only "
                    f"{', '.join(cli.MAY_CHANGE['scoring'])}* may differ")
-    device = resolve_device(args.device)
+    device = resolve_device(device)
     encoder = VJEPAEncoder(cfg["model"]["encoder_name"], device)
-    check_encoder_matches(ckpt, encoder, args.checkpoint)
-    head = head_from_checkpoint(ckpt, args.checkpoint, device)
+    check_encoder_matches(ckpt, encoder, checkpoint)
+    head = head_from_checkpoint(ckpt, checkpoint, device, cfg["model"])
     return Scorer(ckpt, cfg, encoder, head, num_workers(cfg, device))
 
 
