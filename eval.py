@@ -15,12 +15,10 @@ import math
 import sys
 from collections import defaultdict
 
-import torch
 from tqdm import tqdm
 
 import cli
 import scorefile
-import jepa
 from manifest import check_frames, read_jsonl, read_manifest
 
 
@@ -157,6 +155,7 @@ class Evaluation:
         self.gaps[rec["clip_id"]] = scorefile.clip_score(clip.baseline_novelty(), self.aggregate)
 
     def summary(self):
+        import torch  # lazily, like jepa in main: report.py and selection.py import this file and start fast
         all_pred = torch.cat(self.pred_cos).double()
         return {"mean_cosine_similarity": all_pred.mean().item(),
                 "std_cosine_similarity": all_pred.std(unbiased=False).item(),
@@ -176,6 +175,7 @@ def main(argv=None):
     cli.check_output(args.output, {"--checkpoint": args.checkpoint, "--manifest": args.manifest,
                                     "--labels": args.labels})
     labels = read_labels(args.labels) if args.labels else None  # bad labels: found before the encoder loads
+    import jepa  # torch, imported here so that importing eval (report.py does) stays torch-free
     scorer = jepa.load_for_scoring(args.checkpoint, args.device, args.set, **cli.config_flags(args))
     records = read_manifest(args.manifest, scorer.config["data"]["root"],
                             scorer.config["data"]["tubelet_size"])
