@@ -33,6 +33,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 import cli
+from scorefile import is_number as _number, read_meta
 from eval import random_baseline, rank_order, ranking_metrics, ranking_table, read_labels
 from manifest import read_jsonl, read_manifest
 
@@ -49,10 +50,6 @@ DUP_REASONS = ("near_duplicate", "scene_quota")
 
 
 # ---- reading inputs ----
-
-def _number(x):
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
 
 def read_scores(path):
     """infer.py's scores JSONL -> list of clip dicts in file order. A NaN/inf score is kept as a failed
@@ -80,16 +77,6 @@ def read_scores(path):
     return clips
 
 
-def read_meta(scores_path):
-    """The sidecar infer.py writes beside the scores (scores.jsonl.meta.json or scores.meta.json), or {}."""
-    p = Path(scores_path)
-    for meta in (Path(f"{p}.meta.json"), p.with_suffix(".meta.json")):
-        try:
-            data = json.loads(meta.read_text())
-            return data if isinstance(data, dict) else {}
-        except (OSError, ValueError):
-            continue  # a missing or broken sidecar only costs the header its details
-    return {}
 
 
 def _pick_problem(obj, last_rank):
@@ -635,8 +622,9 @@ def parse_args(argv=None):
                            "only its first frame)", "label per clip, missed positives and ranking metrics")
     p.add_argument("--selection", help="selection.jsonl from make select: picks listed with their folded "
                                        "near-duplicates and pre-checked for export (default: none)")
-    p.add_argument("--top", type=int, default=50,
-                   help="how many of the highest-scoring clips to show (default: 50)")
+    top = cli.load_config()["selection"]["top"]  # one default for top, shared with make select
+    p.add_argument("--top", type=int, default=top,
+                   help=f"how many of the highest-scoring clips to show (default: {top})")
     p.add_argument("--bottom", type=int, default=10,
                    help="how many of the lowest-scoring clips to show, never repeating the top (default: 10)")
     p.add_argument("--thumbs", type=int, default=4,

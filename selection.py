@@ -35,6 +35,7 @@ import numpy as np
 
 import cli
 import scorefile
+from scorefile import is_number as _number, read_meta
 
 WALK_BATCH = 1024  # candidates read and compared with the picks in one matrix product
 NN_THRESHOLDS = (0.8, 0.9, 0.95, 0.98, 0.99)  # printed shares of top clips with a neighbour at >= each
@@ -44,10 +45,6 @@ PLAIN_CLIP_ID = re.compile(rb'"clip_id"\s*:\s*"([^"\\]*)"')  # no escapes in it:
 
 
 # ---- inputs ----
-
-def _number(x):
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
 
 class Scores:
     """infer.py's scores JSONL, lean enough for millions of clips: per clip only its score, scene and line
@@ -141,15 +138,6 @@ class ClipIds:
             if c == clip_id:
                 return i
         raise ValueError(clip_id)
-
-
-def read_meta(scores_path):
-    """S.meta.json as a dict, or {} when missing or unreadable (only its embed_dim is checked here)."""
-    try:
-        meta = json.loads(Path(f"{scores_path}.meta.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return meta if isinstance(meta, dict) else {}
 
 
 class Embeddings:
