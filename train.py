@@ -124,6 +124,19 @@ def snapshot_run(run_dir, cfg, manifest):
 
 # ---- stage 2: features ----
 
+def encode_stage(args, cfg, splits, encoder, device, run_dir):
+    """Stage 2: the train and val TubeletFeatures on `device`, and what checkpoints record about them."""
+    clips = splits.train + splits.val
+    fingerprint = features_fingerprint(encoder, clips, cfg)
+    features = load_or_encode_features(encoder, clips, cfg, feature_folders(args, run_dir), fingerprint,
+                                       jepa.num_workers(cfg, device))
+    train_set = jepa.TubeletFeatures.cat([features[r["clip_id"]] for r in splits.train]).to(device)
+    val_set = jepa.TubeletFeatures.cat([features[r["clip_id"]] for r in splits.val]).to(device)
+    identity = {"encoder_name": cfg["model"]["encoder_name"], "encoder_fingerprint": encoder.fingerprint,
+                "embed_dim": encoder.embed_dim, "features_fingerprint": fingerprint}
+    return train_set, val_set, identity
+
+
 def features_fingerprint(encoder, clips, cfg):
     """What the encoded features depend on: the encoder's weights, the clips and the data/mask settings."""
     d = cfg["data"]
@@ -289,19 +302,6 @@ def train_epochs(state, cfg, train_set, val_set, run_dir, identity):
         jepa.save_checkpoint(last, **save)
         cli.kill_hook_for_tests("epoch_end", epoch)  # test hook: no-op unless JEPA_TEST_KILL_AT is set
     return best
-
-
-def encode_stage(args, cfg, splits, encoder, device, run_dir):
-    """Stage 2: the train and val TubeletFeatures on `device`, and what checkpoints record about them."""
-    clips = splits.train + splits.val
-    fingerprint = features_fingerprint(encoder, clips, cfg)
-    features = load_or_encode_features(encoder, clips, cfg, feature_folders(args, run_dir), fingerprint,
-                                       jepa.num_workers(cfg, device))
-    train_set = jepa.TubeletFeatures.cat([features[r["clip_id"]] for r in splits.train]).to(device)
-    val_set = jepa.TubeletFeatures.cat([features[r["clip_id"]] for r in splits.val]).to(device)
-    identity = {"encoder_name": cfg["model"]["encoder_name"], "encoder_fingerprint": encoder.fingerprint,
-                "embed_dim": encoder.embed_dim, "features_fingerprint": fingerprint}
-    return train_set, val_set, identity
 
 
 def main(argv=None):
