@@ -348,7 +348,7 @@ def test_previews_animate_every_frame_and_mark_the_peak(review, monkeypatch):
     args, rows, records = review
     p = Parsed(build(monkeypatch, args))
     previews = p.all("img", **{"class": "pv"})
-    assert len(previews) == 5 + 3  # every listed clip
+    assert len(previews) == 2 + 5 + 3  # the two scored picks first, then every listed clip
     frames = webp_frames(previews[0]["src"])  # #1 is clip 13: 8 frames, tubelets of 2, 100 ms apart
     assert len(frames) == 8 and all(ms == 100 for _, ms in frames)
     peak = max(range(4), key=rows[13]["tubelet_scores"].__getitem__)
@@ -474,7 +474,8 @@ def test_page_works_without_scripts(review, monkeypatch):
     assert all("disabled" in b for b in p.all("button"))  # inert until the script enables them
     assert all(a["src"].startswith("data:") for a in p.all("img"))
     # full-size frames are CSS backgrounds of the (hidden) large view: fetched only once it opens
-    assert len([a for a in p.all("a", role="img") if "background-image:url(" in a["style"]]) == 8 * 8
+    n_cards = 2 + 8  # two scored pick cards, then the eight listed clips
+    assert len([a for a in p.all("a", role="img") if "background-image:url(" in a["style"]]) == n_cards * 8
 
 
 def test_hostile_names_are_escaped_everywhere(review, monkeypatch):
@@ -502,3 +503,37 @@ def test_size_budget_for_top_50(demo_data, tmp_path, monkeypatch):
     page = build(monkeypatch, ["--scores", scores, "--manifest", manifest, "--top", 50, "--output", out])
     assert page.count('<img class="pv"') == 60
     assert out.stat().st_size < 10e6
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def chromium_dom(page_path):
+    """The page's DOM after headless Chromium ran its script (skips where Chromium is not installed)."""
+    import shutil
+    import subprocess
+    if not shutil.which(CHROMIUM):
+        pytest.skip("headless Chromium not installed (make browser)")
+    out = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
+                          "--virtual-time-budget=3000", Path(page_path).absolute().as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
+
+
+def test_page_leads_with_every_pick_as_a_full_card_in_chromium(review, monkeypatch):
+    """Issue 23 points 1-2: the selection comes first, each scored pick a card with preview, stills and
+    bars; the raw ranking follows; a low-novelty pick says why it was picked; export still counts picks."""
+    args, rows, records = review
+    build(monkeypatch, args)
+    dom = chromium_dom(args[args.index("--output") + 1])
+    assert dom.index("<h2>Selection (3 picks)") < dom.index("<h2>Top 5") < dom.index("<h2>Bottom 3")
+    sel = section(dom, "Selection (3 picks)")
+    cards = re.findall(r'<article class="clip[^"]*" id="(p\d+)">(.*?)</article>', sel, re.S)
+    assert [a for a, _ in cards] == ["p1", "p2"]  # pick 3 is not in the scores: a text line, no card
+    for _, card in cards:
+        assert 'class="pv"' in card and "<svg" in card and card.count('<figure class="t') >= 4
+    assert "2 folded in" in cards[0][1] and "low novelty" not in cards[0][1]
+    assert "low novelty (raw rank #13 of 14)" in cards[1][1] and "ran out of distinct clips" in cards[1][1]
+    assert "not in the scores file" in sel
+    assert '<span id="count">3 selected</span>' in dom  # the script ran: 3 distinct picks pre-checked
