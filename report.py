@@ -388,8 +388,8 @@ class Page:
         n, below = len(self.sorted_scores), bisect.bisect_left(self.sorted_scores, clip["score"])
         if not (rank > len(self.top) or (n > 1 and below / (n - 1) < 0.5)):
             return ""
-        return (f' <span class="low">&middot; low novelty (raw rank #{rank} of {n}): picked because the batch '
-                f'ran out of distinct clips above it; every higher-scoring clip was folded into an earlier '
+        return (f' <span class="low">&middot; low novelty (raw rank #{rank} of {n}): picked because the '
+                f'batch ran out of distinct clips above it; every higher-scoring clip was folded into an earlier '
                 f'pick as a near-duplicate or by the scene quota</span>')
 
     def label_words(self, clip_id):
@@ -465,7 +465,8 @@ def clip_card(page, clip, anchor=None, extra=""):
             f'{pick_box(f, bool(pick))} <span class="rank">#{rank}</span> '
             f'<span class="score">{clip["score"]:.4f}</span><br>'
             f'<b class="cid">{esc(cid).replace("__", "__<wbr>")}</b><br>{words}<br>'  # wbr: wrap at __
-            f'<a href="#{view}">large view</a>{folder}{extra}</div><a class="pvl" href="#{view}">{preview}</a>'
+            f'<a href="#{view}">large view</a>{folder}{extra}</div>'
+            f'<a class="pvl" href="#{view}">{preview}</a>'
             f'<div class="side"><div class="strip">{strip}</div>{svg_bars(clip["tubelet_scores"], page.vmax)}'
             f'</div>{large_view(page, f, rank, words, anchor, view)}</article>')
 
@@ -530,13 +531,13 @@ def selection_block(page, picks, path):
             continue
         stamps = [p[k] for k in ("first_timestamp", "last_timestamp") if _number(p.get(k))]
         items.append(f'<article class="clip"><div class="info">{pick_box(p, True)} <b>pick #{p["rank"]}</b> '
-                     f'{fmt(p["score"])} <b class="cid">{esc(p["clip_id"])}</b><br>{esc(p["scene"])} &middot; '
-                     f'{esc(p["camera"])} &middot; {time_span(stamps if len(stamps) == 2 else None)}<br>'
+                     f'{fmt(p["score"])} <b class="cid">{esc(p["clip_id"])}</b><br>{esc(p["scene"])} '
+                     f'&middot; {esc(p["camera"])} &middot; {time_span(stamps if len(stamps) == 2 else None)}<br>'
                      f'<span class="muted">not in the scores file: no pictures</span>{folded_list(page, p)}'
                      f'</div></article>')
     return (f'<h2>Selection ({len(picks)} picks)</h2><p class="muted">From {esc(path)}, in pick order, each '
-            f'with its stills, preview and bars; picks are pre-checked for export here and in the raw ranking '
-            f'below.</p>{"".join(items)}')
+            f'with its stills, preview and bars; picks are pre-checked for export here and in the raw '
+            f'ranking below.</p>{"".join(items)}')
 
 
 def fmt(v, digits=4):
