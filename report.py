@@ -389,8 +389,8 @@ class Page:
         if not (rank > len(self.top) or (n > 1 and below / (n - 1) < 0.5)):
             return ""
         return (f' <span class="low">&middot; low novelty (raw rank #{rank} of {n}): picked because the '
-                f'batch ran out of distinct clips above it; every higher-scoring clip was folded into an earlier '
-                f'pick as a near-duplicate or by the scene quota</span>')
+                f'batch ran out of distinct clips above it; every higher-scoring clip was folded into an '
+                f'earlier pick as a near-duplicate or by the scene quota</span>')
 
     def label_words(self, clip_id):
         if self.labels is None:
@@ -532,7 +532,8 @@ def selection_block(page, picks, path):
         stamps = [p[k] for k in ("first_timestamp", "last_timestamp") if _number(p.get(k))]
         items.append(f'<article class="clip"><div class="info">{pick_box(p, True)} <b>pick #{p["rank"]}</b> '
                      f'{fmt(p["score"])} <b class="cid">{esc(p["clip_id"])}</b><br>{esc(p["scene"])} '
-                     f'&middot; {esc(p["camera"])} &middot; {time_span(stamps if len(stamps) == 2 else None)}<br>'
+                     f'&middot; {esc(p["camera"])} &middot; '
+                     f'{time_span(stamps if len(stamps) == 2 else None)}<br>'
                      f'<span class="muted">not in the scores file: no pictures</span>{folded_list(page, p)}'
                      f'</div></article>')
     return (f'<h2>Selection ({len(picks)} picks)</h2><p class="muted">From {esc(path)}, in pick order, each '
