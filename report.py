@@ -476,15 +476,27 @@ def clip_list(page, clips):
 
 
 def metrics_block(page):
-    """The ranking metrics eval.py prints, for the trained score against a random ranking of the same
-    clips (the masked_gap baseline needs the encoder, so only eval.py has it)."""
-    ks = cli.load_config()["evaluation"]["k_values"]
+    """The ranking metrics eval.py prints, for the trained score against the masked_gap baseline (when
+    infer.py wrote it per clip) and a random ranking of the same clips. @K only for K up to the number of
+    labelled clips: past that every clip is in the top K and the value says nothing."""
+    labelled = sum(page.labels.get(c["clip_id"]) is not None for c in page.scored)
+    all_ks = cli.load_config()["evaluation"]["k_values"]
+    ks = [k for k in all_ks if k <= labelled]
     scores = {c["clip_id"]: c["score"] for c in page.scored}
-    table = ranking_table({"trained": ranking_metrics(scores, page.labels, ks),
-                           "random": random_baseline(page.labels, ks, scores)}, ks)
-    return (f'<h2>Ranking metrics</h2><pre>{esc(table)}</pre><p class="muted">As eval.py --labels reports '
-            f'them, K from config.yaml (evaluation.k_values); random = the exact expectation of a random '
-            f'ranking. eval.py also reports the masked_gap baseline.</p>')
+    methods = {"trained": ranking_metrics(scores, page.labels, ks)}
+    if page.scored and all(_number(c.get("masked_gap")) for c in page.scored):
+        methods["masked_gap"] = ranking_metrics({c["clip_id"]: c["masked_gap"] for c in page.scored},
+                                                page.labels, ks)
+        gap = "masked_gap = the no-predictor baseline, 1 &minus; cos(masked, clean)"
+    else:
+        gap = "no masked_gap row: these scores predate infer.py writing it (eval.py reports it)"
+    methods["random"] = random_baseline(page.labels, ks, scores)
+    hidden = [k for k in all_ks if k > labelled]
+    dropped = (f"; @{', @'.join(map(str, hidden))} left out: only {labelled} scored clips are labelled"
+               if hidden else "")
+    return (f'<h2>Ranking metrics</h2><pre>{esc(ranking_table(methods, ks))}</pre><p class="muted">As eval.py '
+            f'--labels reports them, K from config.yaml (evaluation.k_values){dropped}; {gap}; random = the '
+            f'exact expectation of a random ranking.</p>')
 
 
 def misses_block(page):
@@ -690,6 +702,14 @@ def main(argv=None):
         raise cli.UserError("--data-root only applies with --manifest")
     clips = read_scores(args.scores)
     meta = read_meta(args.scores)
+    named = meta.get("manifest") if isinstance(meta.get("manifest"), str) else None
+    if not args.manifest and named:  # the manifest infer.py scored: previews without MANIFEST=
+        if Path(named).is_file():
+            args.manifest = named
+            print(f"using the manifest the scores came from ({named}, named in the scores' meta.json)")
+        else:
+            print(f"note: the scores' meta.json names the manifest {named}, which is not there: only first "
+                  f"frames shown; pass --manifest (make report MANIFEST=...) for previews")
     labels = read_labels(args.labels) if args.labels else None
     picks = read_selection(args.selection) if args.selection else []
     # tubelet_size=1: a clip too short to score is already a failed row; it must not stop the report

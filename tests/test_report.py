@@ -395,10 +395,22 @@ def test_labels_misses_and_metrics(review, monkeypatch):
     metrics = html.unescape(section(page, "Ranking metrics").split("<pre>")[1].split("</pre>")[0])
     trained = metrics.splitlines()[1].split()
     assert trained[:2] == ["trained", "0.500"] and metrics.splitlines()[2].startswith("random")
-    labels, ks = evaluation.read_labels(args[args.index("--labels") + 1]), [10, 50, 100]
+    labels, ks = evaluation.read_labels(args[args.index("--labels") + 1]), [10]  # 13 labelled: no @50/@100
     scores = {r["clip_id"]: r["score"] for r in rows}
     assert metrics == evaluation.ranking_table({"trained": evaluation.ranking_metrics(scores, labels, ks),
                                                 "random": evaluation.random_baseline(labels, ks, scores)}, ks)
+    assert "@50, @100 left out: only 13 scored clips are labelled" in section(page, "Ranking metrics")
+    assert "no masked_gap row" in section(page, "Ranking metrics")
+    # scores from an infer.py that writes masked_gap per clip: the baseline gets its row, as in eval.py
+    gaps = {r["clip_id"]: round(0.2 - (r["score"] or 0), 6) for r in rows}
+    write_jsonl(args[args.index("--scores") + 1], [{**r, "masked_gap": gaps[r["clip_id"]]} for r in rows])
+    metrics = html.unescape(section(build(monkeypatch, args), "Ranking metrics").split("<pre>")[1]
+                            .split("</pre>")[0])
+    assert metrics == evaluation.ranking_table({
+        "trained": evaluation.ranking_metrics(scores, labels, ks),
+        "masked_gap": evaluation.ranking_metrics({k: v for k, v in gaps.items() if scores[k] is not None},
+                                                 labels, ks),
+        "random": evaluation.random_baseline(labels, ks, scores)}, ks)
 
 
 def test_selection_prechecked_with_folded_duplicates(review, monkeypatch):
@@ -537,3 +549,18 @@ def test_page_leads_with_every_pick_as_a_full_card_in_chromium(review, monkeypat
     assert "low novelty (raw rank #13 of 14)" in cards[1][1] and "ran out of distinct clips" in cards[1][1]
     assert "not in the scores file" in sel
     assert '<span id="count">3 selected</span>' in dom  # the script ran: 3 distinct picks pre-checked
+
+
+def test_report_uses_the_manifest_named_in_the_scores_meta(review, monkeypatch, capsys):
+    """Issue 23 point 7: `make report` without MANIFEST= still gets previews from the scored manifest."""
+    args, rows, records = review
+    scores, manifest = args[args.index("--scores") + 1], args[args.index("--manifest") + 1]
+    Path(f"{scores}.meta.json").write_text(json.dumps({"manifest": str(manifest)}))
+    bare = [a for i, a in enumerate(args) if a != "--manifest" and args[i - 1] != "--manifest"]
+    page = build(monkeypatch, bare)
+    assert f"using the manifest the scores came from ({manifest}" in capsys.readouterr().out
+    assert len(Parsed(page).all("img", **{"class": "pv"})) == 2 + 5 + 3 and "no preview" not in page
+    Path(f"{scores}.meta.json").write_text(json.dumps({"manifest": "gone/fleet.jsonl"}))
+    page = build(monkeypatch, bare)
+    assert "names the manifest gone/fleet.jsonl, which is not there" in capsys.readouterr().out
+    assert "no preview" in page
