@@ -299,7 +299,9 @@ def encode_stage(args, cfg, splits, encoder, device, run_dir):
                                        jepa.num_workers(cfg, device))
     train_set = jepa.TubeletFeatures.cat([features[r["clip_id"]] for r in splits.train]).to(device)
     val_set = jepa.TubeletFeatures.cat([features[r["clip_id"]] for r in splits.val]).to(device)
-    identity = {"encoder_name": cfg["model"]["encoder_name"], "encoder_fingerprint": encoder.fingerprint,
+    identity = {"encoder_name": cfg["model"]["encoder_name"],
+                "encoder_path": jepa.encoder_path(cfg["model"]["encoder_name"]),
+                "encoder_fingerprint": encoder.fingerprint,
                 "embed_dim": encoder.embed_dim, "features_fingerprint": fingerprint}
     return train_set, val_set, identity
 
