@@ -405,6 +405,25 @@ def write_manifest(path, rows, splits_of, rules=()):
           + ", ".join(f"{k} {v}" for k, v in sorted(splits.items())))
     for rule in rules:
         print(f"splits: {rule}")
+    warning = split_warning(splits["train"], splits["val"], len({r["scene_id"] for r in rows}))
+    if warning:
+        print(warning)
+
+
+def split_warning(n_train, n_val, n_scenes):
+    """A warning when a split leaves train with fewer clips than val or under 20% of them (a split by whole
+    scene with a few long drives), saying how to split by clip instead; or None."""
+    total = n_train + n_val
+    if not total or (n_train >= n_val and n_train >= 0.2 * total):
+        return None
+    if n_scenes < 5:
+        how = 'train with ARGS="--set data.use_manifest_split=false" (under 5 scenes: a seeded split by clip)'
+    else:
+        how = 'set each line\'s "split" yourself (e.g. every 5th clip of a drive val)'
+
+    return (f"warning: the split leaves train {n_train} clips and val {n_val}: training sees "
+            f"{100 * n_train / total:.0f}% of the clips (split by whole scene: a few long drives fall on one "
+            f"side). To split by clip, {how}")
 
 
 def split_chooser(fixed, official, scenes, seed, official_name="official"):

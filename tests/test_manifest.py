@@ -419,3 +419,26 @@ def test_a_nuscenes_manifest_trains_unchanged(nusc, tmp_path, tiny_encoder):
                 "--run-dir", str(tmp_path / "run"), "--epochs", "2"])
     metrics = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2]
+
+
+def test_split_leaving_train_short_warns_and_says_how_to_split_by_clip(tmp_path, demo_data, capsys):
+    """Issue 23 point 4: train 2 / val 13 (a split by whole scene with few long drives) is warned about,
+    when the manifest is written and when training reads it."""
+    import cli
+    import train
+    from manifest import split_warning, write_manifest
+    raw = [{**json.loads(x), "frame_paths": r["frames"]}  # absolute: the manifest is written elsewhere
+           for x, r in zip(Path(demo_data).read_text().splitlines(), manifest.read_manifest(demo_data))]
+    rows = [{**r, "split": "train" if i < 2 else "val"} for i, r in enumerate(raw)]
+    path = tmp_path / "m.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    train.load_splits(path, cli.load_config())
+    out = capsys.readouterr().out
+    assert "warning: the split leaves train 2 clips and val 13: training sees 13% of the clips" in out
+    assert "set each line's \"split\" yourself" in out  # 5 scenes: a seeded split would stay by scene
+    two = [{**r, "scene_id": "long" if i >= 2 else "short"} for i, r in enumerate(raw)]
+    write_manifest(tmp_path / "w.jsonl", two, lambda s: "val" if s == "long" else "train")
+    out = capsys.readouterr().out
+    assert "train 2, val 13" in out and 'ARGS="--set data.use_manifest_split=false"' in out
+    assert split_warning(12, 3, 2) is None and split_warning(3, 3, 2) is None
+    assert split_warning(2, 9, 2) is not None  # 18%: under 20%
