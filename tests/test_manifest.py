@@ -442,3 +442,30 @@ def test_split_leaving_train_short_warns_and_says_how_to_split_by_clip(tmp_path,
     assert "train 2, val 13" in out and 'ARGS="--set data.use_manifest_split=false"' in out
     assert split_warning(12, 3, 2) is None and split_warning(3, 3, 2) is None
     assert split_warning(2, 9, 2) is not None  # 18%: under 20%
+
+
+def test_frames_dir_over_several_datasets_warns_and_several_roots_make_one_manifest(tmp_path):
+    """Issue 23 point 3: FRAMES_DIR at the parent of two datasets (one scene/*.jpg, one scene/camera/*.jpg)
+    says what it assumed; both passed as roots give one manifest with the right scenes and cameras."""
+    def frames(folder, n=4):
+        folder.mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", (8, 8)).save(folder / f"{i:03d}.jpg")
+    frames(tmp_path / "all" / "drives" / "d1")
+    frames(tmp_path / "all" / "drives" / "d2")
+    frames(tmp_path / "all" / "nusc" / "scene-1" / "CAM_FRONT")
+    proc = run_script("manifest.py", "frames", "--frames-dir", tmp_path / "all", "--frames", 2, "--stride", 2,
+                      "--output", tmp_path / "bad.jsonl")
+    assert f"warning: {tmp_path / 'all'}: its 2 sub-folders are laid out differently" in proc.stdout
+    assert "1 with images in SCENE/CAMERA" in proc.stdout and "3 levels down and is not read" in proc.stdout
+    assert "pass each one as its own root" in proc.stdout
+    proc = run_script("manifest.py", "frames", "--frames-dir", tmp_path / "all" / "drives",
+                      tmp_path / "all" / "nusc", "--frames", 2, "--stride", 2, "--output", tmp_path / "m.jsonl")
+    assert proc.returncode == 0 and "warning" not in proc.stdout, proc.stdout + proc.stderr
+    rows = [json.loads(x) for x in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert sorted({(r["scene_id"], r["camera"]) for r in rows}) == [
+        ("d1", "unknown"), ("d2", "unknown"), ("scene-1", "CAM_FRONT")] and len(rows) == 6
+    frames(tmp_path / "other" / "d1")
+    proc = run_script("manifest.py", "frames", "--frames-dir", tmp_path / "all" / "drives",
+                      tmp_path / "other", "--output", tmp_path / "x.jsonl", "--frames", 2)
+    assert proc.returncode == 2 and "scene 'd1' is also in" in proc.stderr
