@@ -414,7 +414,7 @@ def split_warning(n_train, n_val, n_scenes):
     """A warning when a split leaves train with fewer clips than val or under 20% of them (a split by whole
     scene with a few long drives), saying how to split by clip instead; or None."""
     total = n_train + n_val
-    if not total or (n_train >= n_val and n_train >= 0.2 * total):
+    if total < 10 or (n_train >= n_val and n_train >= 0.2 * total):  # under 10 clips: any split is rough
         return None
     if n_scenes < 5:
         how = 'train with ARGS="--set data.use_manifest_split=false" (under 5 scenes: a seeded split by clip)'
@@ -615,7 +615,7 @@ def layout_note(root):
             per_scene[scene] = depths
     levels = {min(d) for d in per_scene.values()}
     deep = {k: v for d in per_scene.values() for k, v in d.items() if k > 2}
-    if len(levels) <= 1 and not deep:
+    if not deep:  # scenes/*.jpg beside scenes/CAMERA/*.jpg is a layout read as meant
         return None
     words = {1: "images directly in SCENE", 2: "images in SCENE/CAMERA"}
     counts = ", ".join(f"{sum(min(d) == k for d in per_scene.values())} with "
