@@ -35,7 +35,7 @@ help:
 	@echo "  make browser              install headless Chromium (apt) so the review-page tests run, not skip"
 	@echo "  make install              build .venv from requirements.txt"
 	@echo "  make manifest             NUSCENES=/data/nuscenes [VERSION=v1.0-mini] [CAMERAS=CAM_FRONT|a,b|all]"
-	@echo "                            [SOURCE=samples|sweeps], or FRAMES_DIR=/data/drives;"
+	@echo "                            [SOURCE=samples|sweeps], or FRAMES_DIR=/data/drives (\"A B\": several);"
 	@echo "                            [FRAMES=16] [STRIDE=16] [SPLIT=] [SEED=] [OUT=\$$MANIFEST] [ARGS=]"
 	@echo "  make check                MANIFEST= [DATA_ROOT=] [ARGS=]  validate a manifest, decode every frame"
 	@echo "  make train                MANIFEST= [RUN=experiments/run] [ENCODER=] [LR=] [EPOCHS=] [BATCH=] [SEED=]"

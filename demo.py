@@ -271,7 +271,18 @@ def run_demo(data_dir, run_dir, seed=42, epochs=8, step=run_subprocess):
     for script, args in commands[2:]:
         step(script, args)
     ranks, order = ranks_of(run_dir / "scores.jsonl", data["planted"])
-    return {"ranking": ranking, "verdict": line, "planted": data["planted"], "ranks": ranks, "order": order}
+    sel = json.loads((run_dir / "selection.jsonl.meta.json").read_text())
+    return {"ranking": ranking, "verdict": line, "planted": data["planted"], "ranks": ranks, "order": order,
+            "selection": sel}
+
+
+def selection_words(sel):
+    """The demo's words for its selection: says when fewer than TOP were picked, and why."""
+    if sel["picked"] >= sel["top"]:
+        return f"a diverse top {sel['top']}"
+    return (f"{sel['picked']} picks, not {sel['top']}: the batch ran out of distinct clips, the other "
+            f"{sel['scored'] - sel['picked']} being near-duplicates of a pick ({sel['near_duplicate']}) or "
+            f"over the scene quota ({sel['scene_quota']}), so the last picks score low")
 
 
 def main():
@@ -301,8 +312,8 @@ def main():
     print(f"the planted clips rank {', '.join(str(r) for r in sorted(ranks.values()))} of "
           f"{n}\n{found['verdict']}")
     print(f"\noutputs in {run_dir}/:\n  best.pt, metrics.jsonl, eval.json, scores.jsonl (+ .emb.npy), "
-          "selection.jsonl/.csv (a diverse top 6), report.html (top 6, bottom 6, the selection "
-          f"pre-checked); done in {time.time() - t0:.0f} s")
+          f"selection.jsonl/.csv ({selection_words(found['selection'])}), report.html (the selection "
+          f"first, then top 6 and bottom 6); done in {time.time() - t0:.0f} s")
 
 
 if __name__ == "__main__":

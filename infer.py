@@ -7,8 +7,8 @@ Usage:
   make score CKPT=best.pt MANIFEST=fleet.jsonl OUT=scores.jsonl [SHARD=I/N|auto]
 
 Writes exactly one JSON line per manifest clip (of the shard), in manifest order, flushed as it goes:
-{"clip_id", "scene", "camera", "first_frame", "score", "tubelet_scores"}; a clip whose frames cannot be read
-gets "score": null and an "error" and the run goes on (exit status 1 at the end). Beside it, OUT.emb.npy holds
+{"clip_id", "scene", "camera", "first_frame", "score", "tubelet_scores", "masked_gap"} (masked_gap: the
+no-predictor baseline's score, 1 - cos(masked, clean)); a clip whose frames cannot be read gets "score": null and an "error" and the run goes on (exit status 1 at the end). Beside it, OUT.emb.npy holds
 one float32 embedding per line (the mean of the clip's clean tubelet embeddings; NaN for a failed clip),
 loadable without reading it whole: np.load("OUT.emb.npy", mmap_mode="r"). Run the same command again after a
 kill and it keeps the complete lines and rows, drops a torn tail and appends the rest. OUT.meta.json records
@@ -112,6 +112,8 @@ def result_line(rec, clip, aggregate):
     else:
         row.update(score=clip.score(aggregate),
                    tubelet_scores=[round(x, scorefile.SCORE_DECIMALS) for x in clip.novelty()])
+        if clip.masked_cos is not None:  # the no-predictor baseline's score, for report.py's metrics
+            row["masked_gap"] = scorefile.clip_score(clip.baseline_novelty(), aggregate)
     return (json.dumps(row) + "\n").encode()
 
 

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import random
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -241,7 +242,9 @@ def load_encoder_parts(name):
             "--local-dir DIR) and pass ENCODER=DIR (--encoder DIR)")
     is_dir = os.path.isdir(name)
     if not is_dir and (name.startswith((".", "/", "~")) or name.count("/") != 1):
-        raise cli.UserError(f"encoder {name!r}: no such folder and not a hub id (org/name); {hint}")
+        where = "" if os.path.isabs(name) else f" (a relative path is read from {os.getcwd()})"
+        raise cli.UserError(f"encoder {name!r}: no such folder{where} and not a hub id (org/name); pass the "
+                            f"snapshot folder by its absolute path: ENCODER=/abs/path (--encoder /abs/path)")
     if is_dir and not os.path.isfile(os.path.join(name, "config.json")):
         raise cli.UserError(f"encoder folder {name!r} has no config.json: "
                             f"not a Hugging Face model snapshot; {hint}")
@@ -614,6 +617,24 @@ class Scorer(NamedTuple):
         return score_clips(self.encoder, self.head, clips, self.config, self.workers)
 
 
+def encoder_path(name):
+    """What a checkpoint stores beside the encoder name as given: the absolute path of a local snapshot
+    folder (None for a hub id), so the checkpoint works from any folder."""
+    return os.path.abspath(name) if os.path.isdir(name) else None
+
+
+def encoder_to_load(ckpt, name):
+    """The encoder name as trained, unless it is a relative folder not found from here and the checkpoint's
+    resolved absolute path is (infer.py run from another folder); an --encoder given by hand is kept."""
+    resolved = ckpt.get("encoder_path")
+    if name == ckpt["encoder_name"] and not os.path.isdir(name) and isinstance(resolved, str) \
+            and os.path.isdir(resolved):
+        print(f"encoder {name!r} is not under {os.getcwd()}: using {resolved}, where training found it",
+              file=sys.stderr)
+        return resolved
+    return name
+
+
 def load_for_scoring(checkpoint, device="auto", sets=(), **named):
     """A Scorer for eval.py/infer.py from the checkpoint path, the device name, --set overrides and named
     config flags (e.g. encoder=...): the training config, of which only cli.MAY_CHANGE["scoring"] keys may be
@@ -625,7 +646,7 @@ def load_for_scoring(checkpoint, device="auto", sets=(), **named):
                    "masks and features must match training, so only "
                    f"{', '.join(cli.MAY_CHANGE['scoring'])}* may differ")
     device = resolve_device(device)
-    encoder = VJEPAEncoder(cfg["model"]["encoder_name"], device)
+    encoder = VJEPAEncoder(encoder_to_load(ckpt, cfg["model"]["encoder_name"]), device)
     check_encoder_matches(ckpt, encoder, checkpoint)
     head = head_from_checkpoint(ckpt, checkpoint, device, cfg["model"])
     return Scorer(ckpt, cfg, encoder, head, num_workers(cfg, device))

@@ -405,6 +405,25 @@ def write_manifest(path, rows, splits_of, rules=()):
           + ", ".join(f"{k} {v}" for k, v in sorted(splits.items())))
     for rule in rules:
         print(f"splits: {rule}")
+    warning = split_warning(splits["train"], splits["val"], len({r["scene_id"] for r in rows}))
+    if warning:
+        print(warning)
+
+
+def split_warning(n_train, n_val, n_scenes):
+    """A warning when a split leaves train with fewer clips than val or under 20% of them (a split by whole
+    scene with a few long drives), saying how to split by clip instead; or None."""
+    total = n_train + n_val
+    if total < 10 or (n_train >= n_val and n_train >= 0.2 * total):  # under 10 clips: any split is rough
+        return None
+    if n_scenes < 5:
+        how = 'train with ARGS="--set data.use_manifest_split=false" (under 5 scenes: a seeded split by clip)'
+    else:
+        how = 'set each line\'s "split" yourself (e.g. every 5th clip of a drive val)'
+
+    return (f"warning: the split leaves train {n_train} clips and val {n_val}: training sees "
+            f"{100 * n_train / total:.0f}% of the clips (split by whole scene: a few long drives fall on one "
+            f"side). To split by clip, {how}")
 
 
 def split_chooser(fixed, official, scenes, seed, official_name="official"):
@@ -566,6 +585,47 @@ def folder_sequences(frames_dir):
             yield {"scene": scene.name, "camera": cam.name, "label": str(cam), "items": images_in(cam)}
 
 
+def _has_image(folder):
+    return any(p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(".") and p.is_file()
+               for p in folder.iterdir())
+
+
+def image_depths(folder, depth=1, most=4):
+    """{depth: an example folder} of the levels under `folder` (1 = its own sub-folders) holding images,
+    down to `most` levels, each level stopping at the first folder with images."""
+    found = {}
+    for d in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if _has_image(d):
+            found.setdefault(depth, d)
+        elif depth < most:
+            for k, v in image_depths(d, depth + 1, most).items():
+                found.setdefault(k, v)
+    return found
+
+
+def layout_note(root):
+    """A warning when the images under `root` do not all lie at one of the depths read (root/SCENE/*.jpg or
+    root/SCENE/CAMERA/*.jpg) in one way: often FRAMES_DIR is the parent of several datasets; or None."""
+    root = Path(root)
+    per_scene = {}
+    for scene in (p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        depths = {k + 1: v for k, v in image_depths(scene).items()}
+        depths.update({1: scene} if _has_image(scene) else {})
+        if depths:
+            per_scene[scene] = depths
+    levels = {min(d) for d in per_scene.values()}
+    deep = {k: v for d in per_scene.values() for k, v in d.items() if k > 2}
+    if not deep:  # scenes/*.jpg beside scenes/CAMERA/*.jpg is a layout read as meant
+        return None
+    words = {1: "images directly in SCENE", 2: "images in SCENE/CAMERA"}
+    counts = ", ".join(f"{sum(min(d) == k for d in per_scene.values())} with "
+                       f"{words.get(k, f'images {k} levels down')}" for k in sorted(levels))
+    example = f"; e.g. {deep[min(deep)]} is {min(deep)} levels down and is not read" if deep else ""
+    return (f"warning: {root}: its {len(per_scene)} sub-folders are laid out differently "
+            f"({counts}{example}); assumed {root}/SCENE/*.jpg or {root}/SCENE/CAMERA/*.jpg. If {root} "
+            f"holds several datasets, pass each one as its own root: FRAMES_DIR=\"{root}/A {root}/B\" (--frames-dir A B)")
+
+
 def manifest_path(frame, out_dir):
     """How a manifest in `out_dir` records `frame`: relative to out_dir, computed from both paths as the user
     gave them (made absolute, symlinks kept: resolving them made paths climb to / and back down the link's
@@ -594,10 +654,20 @@ def manifest_path(frame, out_dir):
 def frames_manifest(args):
     """`frames` command: scene (and camera) folders -> clips -> --output."""
     check_window(args.frames, args.stride)
-    seqs = list(folder_sequences(args.frames_dir))
-    if not seqs:  # often FRAMES_DIR pointing at one scene's images instead of at the folder of scenes
-        raise cli.UserError(f"{args.frames_dir}: no scene sub-folders; expected FRAMES_DIR/SCENE/*.jpg "
-                             f"or FRAMES_DIR/SCENE/CAMERA/*.jpg")
+    seqs, where = [], {}
+    for root in args.frames_dir:  # several roots (FRAMES_DIR="A B"): one manifest
+        found = list(folder_sequences(root))
+        if not found:  # often FRAMES_DIR pointing at one scene's images instead of at the folder of scenes
+            raise cli.UserError(f"{root}: no scene sub-folders; expected FRAMES_DIR/SCENE/*.jpg "
+                                 f"or FRAMES_DIR/SCENE/CAMERA/*.jpg")
+        note = layout_note(root)
+        if note:
+            print(note)
+        for seq in found:
+            if where.setdefault(seq["scene"], root) != root:
+                raise cli.UserError(f"{root}: scene {seq['scene']!r} is also in {where[seq['scene']]}; "
+                                     f"clip ids would clash: rename one of the folders")
+        seqs += found
     out_dir = os.path.dirname(os.path.abspath(args.output))
     rows = []
     for seq, start, window in cut(seqs, args.frames, args.stride):
@@ -687,7 +757,8 @@ def parse_args(argv=None):
                    help="samples: key frames (2 Hz); sweeps: every camera frame (~12 Hz)")
     window_flags(n)
     f = sub.add_parser("frames", help="clips from one folder of frames per scene")
-    f.add_argument("--frames-dir", required=True, help="folder of scene folders (optionally scene/camera/)")
+    f.add_argument("--frames-dir", required=True, nargs="+",
+                   help="folder(s) of scene folders (optionally scene/camera/); several: one manifest")
     window_flags(f)
     c = sub.add_parser("check", help="validate a manifest and its frames before encoding")
     c.add_argument("--manifest", required=True, help="JSONL manifest to check")

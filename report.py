@@ -351,9 +351,11 @@ class Page:
         self.tubelet_size = meta.get("tubelet_size") if isinstance(meta.get("tubelet_size"), int) else None
         self.top = self.order[:args.top]
         self.bottom = self.order[max(len(self.order) - args.bottom, len(self.top)):][::-1]  # lowest first
-        self.shown = {c["clip_id"] for c in self.top + self.bottom}
-        self.vmax = max((v for c in self.top + self.bottom for v in c["tubelet_scores"]), default=0)
         self.picks = {p["clip_id"]: p for p in picks}
+        self.pick_clips = [self.by_id[p["clip_id"]] for p in picks if p["clip_id"] in self.by_id]
+        self.shown = {c["clip_id"] for c in self.top + self.bottom}
+        self.vmax = max((v for c in self.top + self.bottom + self.pick_clips for v in c["tubelet_scores"]),
+                        default=0)
         self.folded = {d["clip_id"]: p["rank"] for p in picks for d in p["near_duplicates"]}
 
     def facts(self, clip):
@@ -364,6 +366,18 @@ class Page:
         n, below = len(self.sorted_scores), bisect.bisect_left(self.sorted_scores, score)
         pct = 100 * below / (n - 1) if n > 1 else 100.0
         return f"percentile {pct:.0f}: above {below} of the other {n - 1} scored clips"
+
+    def low_note(self, pick):
+        """Why a pick below the middle of the ranking (or below the top list) is in the selection, or ""."""
+        rank, clip = self.ranks.get(pick["clip_id"]), self.by_id.get(pick["clip_id"])
+        if rank is None:
+            return ""
+        n, below = len(self.sorted_scores), bisect.bisect_left(self.sorted_scores, clip["score"])
+        if not (rank > len(self.top) or (n > 1 and below / (n - 1) < 0.5)):
+            return ""
+        return (f' <span class="low">&middot; low novelty (raw rank #{rank} of {n}): picked because the '
+                f'batch ran out of distinct clips above it; every higher-scoring clip was folded into an '
+                f'earlier pick as a near-duplicate or by the scene quota</span>')
 
     def label_words(self, clip_id):
         if self.labels is None:
@@ -391,7 +405,7 @@ def stills(page, f, target):
     return "".join(cells)
 
 
-def large_view(page, f, rank, words):
+def large_view(page, f, rank, words, anchor, view):
     """The overlay a click on the preview opens (CSS :target, no script): every frame of the clip full size,
     the peak tubelet's frames marked. Frames are CSS backgrounds because browsers fetch those only once the
     view is shown (a hidden <img>, even loading=lazy, loads with the page: up to ~1000 full frames)."""
@@ -405,16 +419,21 @@ def large_view(page, f, rank, words):
                      f'aria-label="frame {i}" style="background-image:url(&quot;{esc(url)}&quot;);'
                      f'aspect-ratio:{ratio}"></a><figcaption>f{i}{when}'
                      f'{" &#9650; PEAK tubelet" if peak else ""}</figcaption></figure>')
-    return (f'<div class="view" id="v{rank}"><div class="box"><a class="close" href="#c{rank}">&#10005; '
+    return (f'<div class="view" id="{view}"><div class="box"><a class="close" href="#{anchor}">&#10005; '
             f'close</a><h3>#{rank} {esc(f["clip_id"])}</h3><div class="big"><p>{words}</p>'
             f'{svg_bars(f["tubelet_scores"], page.vmax, width=420, height=90)}</div><p class="muted">'
             f'Full-size frames, read from the frames folder next to this page (grey where it is not there); '
             f'click one to open the file.</p><div class="grid">{"".join(cells)}</div></div></div>')
 
 
-def clip_card(page, clip):
-    """One listed clip: pick box and facts, animated preview, stills, tubelet bars, and its large view."""
+def clip_card(page, clip, anchor=None, extra=""):
+    """One clip card, the only place cards are drawn (selection and ranking alike): pick box and facts,
+    animated preview, stills, tubelet bars, and its large view. `anchor`: the card's id (default c<rank>;
+    a selection card is p<pick rank>, so a clip can have a card in both lists); `extra`: HTML put under
+    the facts (a pick's folded near-duplicates)."""
     f, rank, cid = page.facts(clip), page.ranks[clip["clip_id"]], clip["clip_id"]
+    view = f"v{rank}" if anchor is None else f"v{anchor}"  # v<rank>, or vp<pick rank>
+    anchor = anchor or f"c{rank}"
     n, miss, pick = len(f["frames"]), page.is_miss(cid), page.picks.get(cid)
     uri = preview_uri(f["small"], spaced(n, page.args.preview_frames, f["peak_frames"]), n, f["peak_frames"],
                       f["stamps"]) if page.args.preview_frames and n > 1 else None
@@ -425,17 +444,18 @@ def clip_card(page, clip):
     notes = [f"{esc(clip['scene'])} &middot; {esc(clip['camera'])}", time_span(f["stamps"]),
              page.percentile(clip["score"]), peak_words(f), page.label_words(cid)]
     notes += ['<span class="badge">&#9888; missed positive</span>'] if miss else []
-    notes += [f"selection pick #{pick['rank']}"] if pick else []
+    notes += [f"selection pick #{pick['rank']}{page.low_note(pick)}"] if pick else []
     notes += [f"folded under selection pick #{page.folded[cid]}"] if cid in page.folded else []
     words = "<br>".join(x for x in notes if x)
-    strip = stills(page, f, f"v{rank}") if n else '<div class="ph">no frame path</div>'
-    return (f'<article class="clip{" miss" if miss else ""}" id="c{rank}"><div class="info">'
+    strip = stills(page, f, view) if n else '<div class="ph">no frame path</div>'
+    return (f'<article class="clip{" miss" if miss else ""}" id="{anchor}"><div class="info">'
             f'{pick_box(f, bool(pick))} <span class="rank">#{rank}</span> '
             f'<span class="score">{clip["score"]:.4f}</span><br>'
             f'<b class="cid">{esc(cid).replace("__", "__<wbr>")}</b><br>{words}<br>'  # wbr: wrap at __
-            f'<a href="#v{rank}">large view</a>{folder}</div><a class="pvl" href="#v{rank}">{preview}</a>'
+            f'<a href="#{view}">large view</a>{folder}{extra}</div>'
+            f'<a class="pvl" href="#{view}">{preview}</a>'
             f'<div class="side"><div class="strip">{strip}</div>{svg_bars(clip["tubelet_scores"], page.vmax)}'
-            f'</div>{large_view(page, f, rank, words)}</article>')
+            f'</div>{large_view(page, f, rank, words, anchor, view)}</article>')
 
 
 def clip_list(page, clips):
@@ -443,15 +463,27 @@ def clip_list(page, clips):
 
 
 def metrics_block(page):
-    """The ranking metrics eval.py prints, for the trained score against a random ranking of the same
-    clips (the masked_gap baseline needs the encoder, so only eval.py has it)."""
-    ks = cli.load_config()["evaluation"]["k_values"]
+    """The ranking metrics eval.py prints, for the trained score against the masked_gap baseline (when
+    infer.py wrote it per clip) and a random ranking of the same clips. @K only for K up to the number of
+    labelled clips: past that every clip is in the top K and the value says nothing."""
+    labelled = sum(page.labels.get(c["clip_id"]) is not None for c in page.scored)
+    all_ks = cli.load_config()["evaluation"]["k_values"]
+    ks = [k for k in all_ks if k <= labelled]
     scores = {c["clip_id"]: c["score"] for c in page.scored}
-    table = ranking_table({"trained": ranking_metrics(scores, page.labels, ks),
-                           "random": random_baseline(page.labels, ks, scores)}, ks)
-    return (f'<h2>Ranking metrics</h2><pre>{esc(table)}</pre><p class="muted">As eval.py --labels reports '
-            f'them, K from config.yaml (evaluation.k_values); random = the exact expectation of a random '
-            f'ranking. eval.py also reports the masked_gap baseline.</p>')
+    methods = {"trained": ranking_metrics(scores, page.labels, ks)}
+    if page.scored and all(_number(c.get("masked_gap")) for c in page.scored):
+        methods["masked_gap"] = ranking_metrics({c["clip_id"]: c["masked_gap"] for c in page.scored},
+                                                page.labels, ks)
+        gap = "masked_gap = the no-predictor baseline, 1 &minus; cos(masked, clean)"
+    else:
+        gap = "no masked_gap row: these scores predate infer.py writing it (eval.py reports it)"
+    methods["random"] = random_baseline(page.labels, ks, scores)
+    hidden = [k for k in all_ks if k > labelled]
+    dropped = (f"; @{', @'.join(map(str, hidden))} left out: only {labelled} scored clips are labelled"
+               if hidden else "")
+    return (f'<h2>Ranking metrics</h2><pre>{esc(ranking_table(methods, ks))}</pre><p class="muted">As eval.py '
+            f'--labels reports them, K from config.yaml (evaluation.k_values){dropped}; {gap}; random = the '
+            f'exact expectation of a random ranking.</p>')
 
 
 def misses_block(page):
@@ -469,31 +501,43 @@ def misses_block(page):
 
 
 def clip_ref(page, clip_id):
-    """A clip id, linked to its card when the page shows one."""
+    """A clip id, linked to its card when the page shows one (the ranking's card, else the pick's)."""
     if clip_id in page.shown:
         return f'<a href="#c{page.ranks[clip_id]}">{esc(clip_id)}</a>'
+    if clip_id in page.picks and clip_id in page.by_id:
+        return f'<a href="#p{page.picks[clip_id]["rank"]}">{esc(clip_id)}</a>'
     return f'{esc(clip_id)} <span class="muted">(not listed below)</span>'
 
 
+def folded_list(page, p):
+    """A pick's folded near-duplicates in a <details> (no script)."""
+    dups = "".join(f'<tr><td>{clip_ref(page, x["clip_id"])}</td><td class="r">{fmt(x.get("score"))}</td>'
+                   f'<td class="r">{fmt(x.get("similarity"), 3)}</td><td>{esc(x["reason"])}</td></tr>'
+                   for x in p["near_duplicates"])
+    return (f'<details><summary>{len(p["near_duplicates"])} folded in</summary><table class="small">'
+            f'<tr><th>clip</th><th>score</th><th>similarity</th><th>reason</th></tr>{dups}</table>'
+            f'</details>' if dups else ' &middot; <span class="muted">nothing folded in</span>')
+
+
 def selection_block(page, picks, path):
-    """The picks of selection.jsonl, each with its folded near-duplicates in a <details> (no script)."""
+    """The picks of selection.jsonl, each a full clip card (clip_card) with its folded near-duplicates; a
+    pick missing from the scores gets a text line instead."""
     items = []
     for p in picks:
-        scored = page.by_id.get(p["clip_id"])  # the page's own facts win, so both boxes export the same line
-        d = {**p, **{k: v for k, v in page.facts(scored).items() if v is not None}} if scored else p
-        dups = "".join(f'<tr><td>{clip_ref(page, x["clip_id"])}</td><td class="r">{fmt(x.get("score"))}</td>'
-                       f'<td class="r">{fmt(x.get("similarity"), 3)}</td><td>{esc(x["reason"])}</td></tr>'
-                       for x in p["near_duplicates"])
-        folded = (f'<details><summary>{len(p["near_duplicates"])} folded in</summary><table class="small">'
-                  f'<tr><th>clip</th><th>score</th><th>similarity</th><th>reason</th></tr>{dups}</table>'
-                  f'</details>' if dups else ' &middot; <span class="muted">nothing folded in</span>')
-        stamps = [d[k] for k in ("first_timestamp", "last_timestamp") if _number(d.get(k))]
-        items.append(f'<li>{pick_box(d, True)} <b>#{p["rank"]}</b> {fmt(p["score"])} '
-                     f'{clip_ref(page, p["clip_id"])} &middot; {esc(d["scene"])} &middot; {esc(d["camera"])} '
-                     f'&middot; {time_span(stamps if len(stamps) == 2 else None)}{folded}</li>')
-    return (f'<h2>Selection ({len(picks)} picks)</h2><p class="muted">From {esc(path)}, in rank order; '
-            f'picks are pre-checked for export here and in the lists below.</p>'
-            f'<ol class="sel">{"".join(items)}</ol>')
+        scored = page.by_id.get(p["clip_id"])
+        if scored:
+            items.append(clip_card(page, scored, f"p{p['rank']}", folded_list(page, p)))
+            continue
+        stamps = [p[k] for k in ("first_timestamp", "last_timestamp") if _number(p.get(k))]
+        items.append(f'<article class="clip"><div class="info">{pick_box(p, True)} <b>pick #{p["rank"]}</b> '
+                     f'{fmt(p["score"])} <b class="cid">{esc(p["clip_id"])}</b><br>{esc(p["scene"])} '
+                     f'&middot; {esc(p["camera"])} &middot; '
+                     f'{time_span(stamps if len(stamps) == 2 else None)}<br>'
+                     f'<span class="muted">not in the scores file: no pictures</span>{folded_list(page, p)}'
+                     f'</div></article>')
+    return (f'<h2>Selection ({len(picks)} picks)</h2><p class="muted">From {esc(path)}, in pick order, each '
+            f'with its stills, preview and bars; picks are pre-checked for export here and in the raw '
+            f'ranking below.</p>{"".join(items)}')
 
 
 def fmt(v, digits=4):
@@ -577,7 +621,7 @@ overflow:auto;z-index:10}.box{background:#fff;margin:16px auto;padding:12px 16px
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(560px,1fr));gap:8px;margin-top:8px}
 figure.full{margin:0}figure.full a{display:block;background:#ccc center/contain no-repeat content-box;
 border:4px solid transparent}figure.full.peak a{border:4px dashed #e8590c}ol.sel li{margin:4px 0}
-details{margin:2px 0 6px 24px}"""
+details{margin:2px 0 6px 0}.low{color:#a34700}"""
 
 
 def build_html(clips, args, meta, records, labels=None, picks=()):
@@ -603,9 +647,9 @@ def build_html(clips, args, meta, records, labels=None, picks=()):
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>jepa-clips novelty report'
             f'</title><style>{CSS}</style></head><body><h1>Most novel clips</h1>'
             f'<table class="meta">{meta_rows}</table>{export_bar(page)}'
-            f'{metrics_block(page) if labels is not None else ""}<h2>Score distribution</h2>{hist}'
             f'{selection_block(page, picks, args.selection) if picks else ""}'
-            f'<h2>Top {len(top)}: most novel (highest score first)</h2>'
+            f'{metrics_block(page) if labels is not None else ""}<h2>Score distribution</h2>{hist}'
+            f'<h2>Top {len(top)}: most novel (highest score first{", the raw ranking" if picks else ""})</h2>'
             f'<p class="muted">Preview: every frame (up to {args.preview_frames}), the peak tubelet\'s '
             f'frames marked PEAK and orange on the timeline; click it for the full-size frames. Bars: '
             f'novelty (1 &minus; cosine) of each tubelet on one scale for the whole page, the peak orange '
@@ -646,6 +690,14 @@ def main(argv=None):
         raise cli.UserError("--data-root only applies with --manifest")
     clips = read_scores(args.scores)
     meta = read_meta(args.scores)
+    named = meta.get("manifest") if isinstance(meta.get("manifest"), str) else None
+    if not args.manifest and named:  # the manifest infer.py scored: previews without MANIFEST=
+        if Path(named).is_file():
+            args.manifest = named
+            print(f"using the manifest the scores came from ({named}, named in the scores' meta.json)")
+        else:
+            print(f"note: the scores' meta.json names the manifest {named}, which is not there: only first "
+                  f"frames shown; pass --manifest (make report MANIFEST=...) for previews")
     labels = read_labels(args.labels) if args.labels else None
     picks = read_selection(args.selection) if args.selection else []
     # tubelet_size=1: a clip too short to score is already a failed row; it must not stop the report

@@ -444,6 +444,19 @@ def run_select(args, cfg):
           f"{meta['near_duplicate']} near-duplicates (cosine >= {sel['max_similarity']}) and "
           f"{meta['scene_quota']} over the scene quota ({sel['per_scene'] or 'none'}) -> {out}, "
           f"{out.with_suffix('.csv')}")
+    if len(picks) < sel["top"]:
+        print(short_words(meta))
+
+
+def short_words(meta):
+    """Why a selection has fewer picks than asked for (the walk reached the last scored clip)."""
+    rest = meta["scored"] - meta["picked"]
+    return (f"note: {meta['picked']} picks, not the {meta['top']} asked for: the batch ran out of "
+            f"distinct clips; each of the other {rest} scored clips is a near-duplicate of a pick "
+            f"({meta['near_duplicate']}) or over the scene quota ({meta['scene_quota']}), so the last "
+            f"picks can score low. For more picks raise selection.max_similarity (now "
+            f"{meta['max_similarity']}) or selection.per_scene (now {meta['per_scene'] or 'none'}), e.g. "
+            f"ARGS=\"--set selection.max_similarity=0.99\", or score more clips")
 
 
 # ---- similar ----

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 import cli
 import jepa
-from manifest import assign_splits, check_frames, manifest_fingerprint, read_manifest
+from manifest import assign_splits, check_frames, manifest_fingerprint, read_manifest, split_warning
 
 TRAIN_FLAGS = ["encoder", "data_root", "lr", "epochs", "batch_size", "seed"]
 
@@ -110,6 +110,9 @@ def load_splits(manifest, cfg):
                              "are split=test, which is never trained on); use a manifest with train/val "
                              "clips, or --set data.use_manifest_split=false to draw a seeded split instead")
     check_frames(result.train + result.val, manifest)
+    warning = split_warning(len(result.train), len(result.val), len({r["scene"] for r in records}))
+    if warning:
+        print(warning)
     return result
 
 
@@ -132,7 +135,9 @@ def encode_stage(args, cfg, splits, encoder, device, run_dir):
                                        jepa.num_workers(cfg, device))
     train_set = jepa.TubeletFeatures.cat([features[r["clip_id"]] for r in splits.train]).to(device)
     val_set = jepa.TubeletFeatures.cat([features[r["clip_id"]] for r in splits.val]).to(device)
-    identity = {"encoder_name": cfg["model"]["encoder_name"], "encoder_fingerprint": encoder.fingerprint,
+    identity = {"encoder_name": cfg["model"]["encoder_name"],
+                "encoder_path": jepa.encoder_path(cfg["model"]["encoder_name"]),
+                "encoder_fingerprint": encoder.fingerprint,
                 "embed_dim": encoder.embed_dim, "features_fingerprint": fingerprint}
     return train_set, val_set, identity
 

@@ -36,6 +36,9 @@ def test_demo_ranks_planted_clips_first(tmp_path, seed, one_thread):
     labels = [json.loads(line)
               for line in (tmp_path / "data" / "fleet_labels.jsonl").read_text().splitlines()]
     assert sorted(r["clip_id"] for r in labels if r["binary_label"] == 1) == found["planted"]
+    sel = found["selection"]
+    words = demo.selection_words(sel)
+    assert sel["picked"] == 6 or f"{sel['picked']} picks, not 6: the batch ran out" in words
     train = (tmp_path / "data" / "train.jsonl").read_text()
     assert "fleet_" not in train and all(json.loads(line).get("split") is None for line in train.splitlines())
 
@@ -61,3 +64,17 @@ def test_fixture_data_is_unchanged(tmp_path):
     assert len(rows) == 15 and all(len(r["frame_paths"]) == 8 for r in rows)
     labels = [json.loads(line) for line in (tmp_path / "labels.jsonl").read_text().splitlines()]
     assert sum(r["binary_label"] for r in labels) == 2
+
+
+def test_short_selection_says_why():
+    """Issue 23 point 2: fewer picks than TOP is said, with the reason and the settings to change."""
+    import selection
+    sel = {"top": 6, "picked": 5, "scored": 18, "near_duplicate": 12, "scene_quota": 1,
+           "max_similarity": 0.95, "per_scene": 0}
+    words = demo.selection_words(sel)
+    assert words.startswith("5 picks, not 6: the batch ran out of distinct clips, the other 13 being "
+                            "near-duplicates of a pick (12) or over the scene quota (1)")
+    assert demo.selection_words({**sel, "picked": 6}) == "a diverse top 6"
+    note = selection.short_words(sel)
+    assert note.startswith("note: 5 picks, not the 6 asked for: the batch ran out of distinct clips")
+    assert "raise selection.max_similarity (now 0.95)" in note and "selection.per_scene (now none)" in note

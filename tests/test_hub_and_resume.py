@@ -1,12 +1,14 @@
 """The hub probe honours HF_ENDPOINT and proxies (tested offline against a local server), and --resume finds
 the run's own manifest."""
 import http.server
+import os
 import shutil
 import threading
 
 import pytest
 
 import cli
+from conftest import ROOT
 import jepa
 import train
 
@@ -63,3 +65,27 @@ def test_resume_reads_the_runs_own_manifest_and_refuses_a_changed_one(tmp_path, 
         train.main([*args[:-4], "--epochs", "3", "--resume"])
     with pytest.raises(cli.UserError, match="--manifest is required"):
         train.main(["--run-dir", str(tmp_path / "new")])
+
+
+def test_checkpoint_finds_its_local_encoder_from_another_folder(tmp_path, reference, tiny_encoder, demo_data):
+    """Issue 23 point 5: a head trained with a relative encoder folder still scores when infer.py runs
+    elsewhere (the checkpoint's resolved absolute path is tried); a missing folder gets local-folder advice."""
+    import subprocess
+    import sys
+    import torch
+    ckpt = torch.load(reference / "best.pt", weights_only=True)
+    assert ckpt["encoder_path"] == os.path.abspath(tiny_encoder)  # stored beside the name as given
+    ckpt["encoder_name"] = ckpt["config"]["model"]["encoder_name"] = "data/demo/tiny-vjepa2"  # as typed
+    torch.save(ckpt, tmp_path / "best.pt")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = subprocess.run([sys.executable, str(ROOT / "infer.py"), "--checkpoint", str(tmp_path / "best.pt"),
+                           "--manifest", str(demo_data), "--output", "s.jsonl"], cwd=elsewhere,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert f"using {os.path.abspath(tiny_encoder)}, where training found it" in proc.stderr
+    assert len((elsewhere / "s.jsonl").read_text().splitlines()) == 15
+    with pytest.raises(cli.UserError) as e:
+        jepa.load_encoder_parts("data/demo/no-such-snapshot")
+    assert "no such folder (a relative path is read from" in str(e.value)
+    assert "ENCODER=/abs/path" in str(e.value) and "hf download" not in str(e.value)

@@ -419,3 +419,53 @@ def test_a_nuscenes_manifest_trains_unchanged(nusc, tmp_path, tiny_encoder):
                 "--run-dir", str(tmp_path / "run"), "--epochs", "2"])
     metrics = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2]
+
+
+def test_split_leaving_train_short_warns_and_says_how_to_split_by_clip(tmp_path, demo_data, capsys):
+    """Issue 23 point 4: train 2 / val 13 (a split by whole scene with few long drives) is warned about,
+    when the manifest is written and when training reads it."""
+    import cli
+    import train
+    from manifest import split_warning, write_manifest
+    raw = [{**json.loads(x), "frame_paths": r["frames"]}  # absolute: the manifest is written elsewhere
+           for x, r in zip(Path(demo_data).read_text().splitlines(), manifest.read_manifest(demo_data))]
+    rows = [{**r, "split": "train" if i < 2 else "val"} for i, r in enumerate(raw)]
+    path = tmp_path / "m.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    train.load_splits(path, cli.load_config())
+    out = capsys.readouterr().out
+    assert "warning: the split leaves train 2 clips and val 13: training sees 13% of the clips" in out
+    assert "set each line's \"split\" yourself" in out  # 5 scenes: a seeded split would stay by scene
+    two = [{**r, "scene_id": "long" if i >= 2 else "short"} for i, r in enumerate(raw)]
+    write_manifest(tmp_path / "w.jsonl", two, lambda s: "val" if s == "long" else "train")
+    out = capsys.readouterr().out
+    assert "train 2, val 13" in out and 'ARGS="--set data.use_manifest_split=false"' in out
+    assert split_warning(12, 3, 2) is None and split_warning(3, 3, 2) is None
+    assert split_warning(2, 9, 2) is not None and split_warning(2, 3, 2) is None  # 18%; under 10 clips
+
+
+def test_frames_dir_over_several_datasets_warns_and_several_roots_make_one_manifest(tmp_path):
+    """Issue 23 point 3: FRAMES_DIR at the parent of two datasets (one scene/*.jpg, one scene/camera/*.jpg)
+    says what it assumed; both passed as roots give one manifest with the right scenes and cameras."""
+    def frames(folder, n=4):
+        folder.mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", (8, 8)).save(folder / f"{i:03d}.jpg")
+    frames(tmp_path / "all" / "drives" / "d1")
+    frames(tmp_path / "all" / "drives" / "d2")
+    frames(tmp_path / "all" / "nusc" / "scene-1" / "CAM_FRONT")
+    proc = run_script("manifest.py", "frames", "--frames-dir", tmp_path / "all", "--frames", 2, "--stride", 2,
+                      "--output", tmp_path / "bad.jsonl")
+    assert f"warning: {tmp_path / 'all'}: its 2 sub-folders are laid out differently" in proc.stdout
+    assert "3 levels down and is not read" in proc.stdout
+    assert "pass each one as its own root" in proc.stdout
+    proc = run_script("manifest.py", "frames", "--frames-dir", tmp_path / "all" / "drives",
+                      tmp_path / "all" / "nusc", "--frames", 2, "--stride", 2, "--output", tmp_path / "m.jsonl")
+    assert proc.returncode == 0 and "warning" not in proc.stdout, proc.stdout + proc.stderr
+    rows = [json.loads(x) for x in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert sorted({(r["scene_id"], r["camera"]) for r in rows}) == [
+        ("d1", "unknown"), ("d2", "unknown"), ("scene-1", "CAM_FRONT")] and len(rows) == 6
+    frames(tmp_path / "other" / "d1")
+    proc = run_script("manifest.py", "frames", "--frames-dir", tmp_path / "all" / "drives",
+                      tmp_path / "other", "--output", tmp_path / "x.jsonl", "--frames", 2)
+    assert proc.returncode == 2 and "scene 'd1' is also in" in proc.stderr

@@ -191,7 +191,8 @@ def test_infer_one_line_per_clip_in_order(scored, demo_data):
     rows = [json.loads(x) for x in scored.read_text().splitlines()]
     assert [r["clip_id"] for r in rows] == [r["clip_id"] for r in read_manifest(demo_data)]
     for r in rows:
-        assert set(r) == {"clip_id", "scene", "camera", "first_frame", "score", "tubelet_scores"}
+        assert set(r) == {"clip_id", "scene", "camera", "first_frame", "score", "tubelet_scores",
+                          "masked_gap"}
         assert (len(r["tubelet_scores"]) == 4
                 and r["score"] == pytest.approx(np.mean(r["tubelet_scores"]), abs=2e-6))
 

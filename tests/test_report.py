@@ -348,7 +348,7 @@ def test_previews_animate_every_frame_and_mark_the_peak(review, monkeypatch):
     args, rows, records = review
     p = Parsed(build(monkeypatch, args))
     previews = p.all("img", **{"class": "pv"})
-    assert len(previews) == 5 + 3  # every listed clip
+    assert len(previews) == 2 + 5 + 3  # the two scored picks first, then every listed clip
     frames = webp_frames(previews[0]["src"])  # #1 is clip 13: 8 frames, tubelets of 2, 100 ms apart
     assert len(frames) == 8 and all(ms == 100 for _, ms in frames)
     peak = max(range(4), key=rows[13]["tubelet_scores"].__getitem__)
@@ -395,10 +395,22 @@ def test_labels_misses_and_metrics(review, monkeypatch):
     metrics = html.unescape(section(page, "Ranking metrics").split("<pre>")[1].split("</pre>")[0])
     trained = metrics.splitlines()[1].split()
     assert trained[:2] == ["trained", "0.500"] and metrics.splitlines()[2].startswith("random")
-    labels, ks = evaluation.read_labels(args[args.index("--labels") + 1]), [10, 50, 100]
+    labels, ks = evaluation.read_labels(args[args.index("--labels") + 1]), [10]  # 13 labelled: no @50/@100
     scores = {r["clip_id"]: r["score"] for r in rows}
     assert metrics == evaluation.ranking_table({"trained": evaluation.ranking_metrics(scores, labels, ks),
                                                 "random": evaluation.random_baseline(labels, ks, scores)}, ks)
+    assert "@50, @100 left out: only 13 scored clips are labelled" in section(page, "Ranking metrics")
+    assert "no masked_gap row" in section(page, "Ranking metrics")
+    # scores from an infer.py that writes masked_gap per clip: the baseline gets its row, as in eval.py
+    gaps = {r["clip_id"]: round(0.2 - (r["score"] or 0), 6) for r in rows}
+    write_jsonl(args[args.index("--scores") + 1], [{**r, "masked_gap": gaps[r["clip_id"]]} for r in rows])
+    metrics = html.unescape(section(build(monkeypatch, args), "Ranking metrics").split("<pre>")[1]
+                            .split("</pre>")[0])
+    assert metrics == evaluation.ranking_table({
+        "trained": evaluation.ranking_metrics(scores, labels, ks),
+        "masked_gap": evaluation.ranking_metrics({k: v for k, v in gaps.items() if scores[k] is not None},
+                                                 labels, ks),
+        "random": evaluation.random_baseline(labels, ks, scores)}, ks)
 
 
 def test_selection_prechecked_with_folded_duplicates(review, monkeypatch):
@@ -474,7 +486,8 @@ def test_page_works_without_scripts(review, monkeypatch):
     assert all("disabled" in b for b in p.all("button"))  # inert until the script enables them
     assert all(a["src"].startswith("data:") for a in p.all("img"))
     # full-size frames are CSS backgrounds of the (hidden) large view: fetched only once it opens
-    assert len([a for a in p.all("a", role="img") if "background-image:url(" in a["style"]]) == 8 * 8
+    n_cards = 2 + 8  # two scored pick cards, then the eight listed clips
+    assert len([a for a in p.all("a", role="img") if "background-image:url(" in a["style"]]) == n_cards * 8
 
 
 def test_hostile_names_are_escaped_everywhere(review, monkeypatch):
@@ -502,3 +515,52 @@ def test_size_budget_for_top_50(demo_data, tmp_path, monkeypatch):
     page = build(monkeypatch, ["--scores", scores, "--manifest", manifest, "--top", 50, "--output", out])
     assert page.count('<img class="pv"') == 60
     assert out.stat().st_size < 10e6
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def chromium_dom(page_path):
+    """The page's DOM after headless Chromium ran its script (skips where Chromium is not installed)."""
+    import shutil
+    import subprocess
+    if not shutil.which(CHROMIUM):
+        pytest.skip("headless Chromium not installed (make browser)")
+    out = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
+                          "--virtual-time-budget=3000", Path(page_path).absolute().as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
+
+
+def test_page_leads_with_every_pick_as_a_full_card_in_chromium(review, monkeypatch):
+    """Issue 23 points 1-2: the selection comes first, each scored pick a card with preview, stills and
+    bars; the raw ranking follows; a low-novelty pick says why it was picked; export still counts picks."""
+    args, rows, records = review
+    build(monkeypatch, args)
+    dom = chromium_dom(args[args.index("--output") + 1])
+    assert dom.index("<h2>Selection (3 picks)") < dom.index("<h2>Top 5") < dom.index("<h2>Bottom 3")
+    sel = section(dom, "Selection (3 picks)")
+    cards = re.findall(r'<article class="clip[^"]*" id="(p\d+)">(.*?)</article>', sel, re.S)
+    assert [a for a, _ in cards] == ["p1", "p2"]  # pick 3 is not in the scores: a text line, no card
+    for _, card in cards:
+        assert 'class="pv"' in card and "<svg" in card and card.count('<figure class="t') >= 4
+    assert "2 folded in" in cards[0][1] and "low novelty" not in cards[0][1]
+    assert "low novelty (raw rank #13 of 14)" in cards[1][1] and "ran out of distinct clips" in cards[1][1]
+    assert "not in the scores file" in sel
+    assert '<span id="count">3 selected</span>' in dom  # the script ran: 3 distinct picks pre-checked
+
+
+def test_report_uses_the_manifest_named_in_the_scores_meta(review, monkeypatch, capsys):
+    """Issue 23 point 7: `make report` without MANIFEST= still gets previews from the scored manifest."""
+    args, rows, records = review
+    scores, manifest = args[args.index("--scores") + 1], args[args.index("--manifest") + 1]
+    Path(f"{scores}.meta.json").write_text(json.dumps({"manifest": str(manifest)}))
+    bare = [a for i, a in enumerate(args) if a != "--manifest" and args[i - 1] != "--manifest"]
+    page = build(monkeypatch, bare)
+    assert f"using the manifest the scores came from ({manifest}" in capsys.readouterr().out
+    assert len(Parsed(page).all("img", **{"class": "pv"})) == 2 + 5 + 3 and "no preview" not in page
+    Path(f"{scores}.meta.json").write_text(json.dumps({"manifest": "gone/fleet.jsonl"}))
+    page = build(monkeypatch, bare)
+    assert "names the manifest gone/fleet.jsonl, which is not there" in capsys.readouterr().out
+    assert "no preview" in page
