@@ -1,0 +1,117 @@
+"""learn.py: the probe (against brute-force logistic regression), label merging, refusals, apply."""
+import json
+
+import numpy as np
+import pytest
+
+import learn
+from conftest import run_script, write_jsonl
+from test_selection import write_inputs
+
+
+def fleet(n=60, dim=6, seed=0, fingerprint="x", folder=None):
+    """n clips over 6 scenes; interesting ones have a shifted first coordinate."""
+    rng = np.random.default_rng(seed)
+    y = (np.arange(n) % 3 == 0).astype(int)
+    x = rng.normal(size=(n, dim))
+    x[:, 0] += 2.0 * y
+    clips = [(f"c{i:03d}", f"s{i % 6}", float(rng.random()), x[i]) for i in range(n)]
+    scores = write_inputs(folder, clips)
+    meta = json.loads((folder / "scores.jsonl.meta.json").read_text())
+    (folder / "scores.jsonl.meta.json").write_text(json.dumps(dict(meta, encoder_fingerprint=fingerprint)))
+    return scores, x, y
+
+
+def test_fit_matches_brute_force():
+    """Newton's optimum = the minimum found by plain gradient descent on the same objective."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(40, 3))
+    y = (x[:, 0] + 0.5 * rng.normal(size=40) > 0.3).astype(float)
+    for c in (0.01, 1.0):
+        w, b = learn.fit_logistic(x, y, c)
+        s = learn.balanced_weights(y)
+        theta = np.zeros(4)
+        xa = np.hstack([x, np.ones((40, 1))])
+        for _ in range(40000):
+            p = 1 / (1 + np.exp(-xa @ theta))
+            g = np.r_[theta[:3], 0] + c * xa.T @ (s * (p - y))
+            theta -= 0.05 / max(c, 0.05) * g
+        np.testing.assert_allclose(np.r_[w, b], theta, atol=1e-5)
+        assert learn.objective(w, b, x, y, s, c) <= learn.objective(theta[:3], theta[3], x, y, s, c) + 1e-12
+
+
+def test_scene_folds_keep_scenes_together():
+    groups = np.repeat(np.arange(8), [5, 1, 3, 3, 2, 7, 1, 4])
+    folds = learn.scene_folds(groups)
+    for g in range(8):
+        assert len(set(folds[groups == g])) == 1
+    assert len(set(folds)) == 5
+    assert (learn.scene_folds(groups) == folds).all()
+
+
+def test_merge_labels_later_wins_and_conflicts(tmp_path):
+    def lab(clip, label):
+        return {"clip_id": clip, "binary_label": label}
+    a = write_jsonl(tmp_path / "a.jsonl", [lab("x", 1), lab("y", 0)])
+    b = write_jsonl(tmp_path / "b.jsonl", [lab("x", 0), lab("z", None), lab("y", 0)])
+    labels, conflicts = learn.merge_labels([a, b])
+    assert labels == {"x": 0, "y": 0, "z": None}
+    assert conflicts == [("x", [(str(a), 1), (str(b), 0)])]
+
+
+def test_learn_end_to_end_and_apply(tmp_path):
+    scores, x, y = fleet(folder=tmp_path)
+    half = [{"clip_id": f"c{i:03d}", "binary_label": int(y[i])} for i in range(0, 60, 2)]
+    first = write_jsonl(tmp_path / "r1.jsonl", half)
+    second = write_jsonl(tmp_path / "r2.jsonl", [{"clip_id": "c000", "binary_label": 0}])
+    out = tmp_path / "probe.jsonl"
+    proc = run_script("learn.py", "fit", "--scores", scores, "--labels", first, second, "--output", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "c000: " in proc.stderr and "later file wins" in proc.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["clip_id"] for r in rows] == [f"c{i:03d}" for i in range(60)]
+    assert rows[0]["labelled"] == 0 and rows[2]["labelled"] == int(y[2]) and rows[1]["labelled"] is None
+    p = np.array([r["p_interesting"] for r in rows])
+    unl = np.arange(1, 60, 2)
+    assert p[unl][y[unl] == 1].mean() > p[unl][y[unl] == 0].mean() + 0.3
+    meta = json.loads((tmp_path / "probe.jsonl.meta.json").read_text())
+    assert meta["C"] in learn.C_GRID and meta["labelled"] == 30 and len(meta["conflicts"]) == 1
+    again = tmp_path / "again.jsonl"
+    run_script("learn.py", "fit", "--scores", scores, "--labels", first, second, "--output", again,
+               check=True)
+    assert again.read_text() == out.read_text()  # deterministic
+    with np.load(f"{out}.probe.npz", allow_pickle=False) as z:
+        assert str(z["encoder_fingerprint"]) == "x" and z["weights"].shape == (6,)
+    applied = tmp_path / "applied.jsonl"
+    run_script("learn.py", "apply", "--probe", f"{out}.probe.npz", "--scores", scores, "--output", applied,
+               check=True)
+    assert [json.loads(line)["p_interesting"] for line in applied.read_text().splitlines()] == list(p)
+
+
+def test_refuses_other_encoder(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    scores, _, y = fleet(folder=tmp_path / "a")
+    other, _, _ = fleet(folder=tmp_path / "b", fingerprint="other")
+    labels = write_jsonl(tmp_path / "l.jsonl", [{"clip_id": f"c{i:03d}", "binary_label": int(y[i])}
+                                                 for i in range(30)])
+    out = tmp_path / "probe.jsonl"
+    run_script("learn.py", "fit", "--scores", scores, "--labels", labels, "--output", out, check=True)
+    proc = run_script("learn.py", "apply", "--probe", f"{out}.probe.npz", "--scores", other, "--output",
+                      tmp_path / "o.jsonl")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert proc.stderr.startswith("error: ") and "encoder x" in proc.stderr
+    assert "encoder other" in proc.stderr
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_refuses_below_five_each(tmp_path):
+    scores, _, y = fleet(folder=tmp_path)
+    rows = [{"clip_id": f"c{i:03d}", "binary_label": int(y[i])} for i in range(9)]  # 3 pos, 6 neg
+    labels = write_jsonl(tmp_path / "l.jsonl", rows)
+    proc = run_script("learn.py", "fit", "--scores", scores, "--labels", labels, "--output",
+                      tmp_path / "p.jsonl")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert "3 interesting and 6 not" in proc.stderr
+    assert "label 2 more interesting and 0 more not interesting" in proc.stderr
+    assert not (tmp_path / "p.jsonl").exists()
