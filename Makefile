@@ -47,6 +47,7 @@ help:
 	@echo "  make merge                SHARDS=\"a.jsonl b.jsonl\" MANIFEST= OUT=scores.jsonl [ARGS=]"
 	@echo "  make select               SCORES= [MANIFEST=] [LABELS=] [TOP=50] [OUT=selection.jsonl beside SCORES]"
 	@echo "                            [ARGS=]  a diverse top-K for labelling, near-duplicates folded"
+	@echo "                            [RANK_BY=score|probe|mix PROBE=probe.jsonl]  rank by the learnt probe"
 	@echo "  make learn                SCORES= LABELS=\"r1.jsonl r2.jsonl\" [OUT=probe.jsonl beside SCORES] [ARGS=]"
 	@echo "                            a probe on the embeddings of the labelled clips; p_interesting per clip"
 	@echo "  make similar              SCORES= CLIP=clip_id [K=20] [OUT=similar.jsonl beside SCORES] [ARGS=]"
@@ -112,6 +113,7 @@ select: $(INSTALL)
 	$(if $(SCORES),,$(error SCORES=path/to/scores.jsonl is required (written by make score)))
 	$(PYTHON) selection.py select --scores $(SCORES) --config $(CONFIG) $(call opt,--manifest,$(MANIFEST_FOR_REPORT)) \
 		$(call opt,--data-root,$(DATA_ROOT)) $(call opt,--labels,$(LABELS)) $(call opt,--top,$(TOP)) \
+		$(call opt,--rank-by,$(RANK_BY)) $(call opt,--probe,$(PROBE)) \
 		--output $(or $(OUT),$(dir $(SCORES))selection.jsonl) $(ARGS)
 
 learn: $(INSTALL)

@@ -207,7 +207,7 @@ def write_probabilities(out, scores, p, labels):
 
 
 def read_probabilities(path):
-    """A learn OUT file -> {clip_id: p_interesting (float or None)}."""
+    """A learn OUT file -> {clip_id: (p_interesting (float or None), labelled (0, 1 or None))}."""
     from manifest import read_jsonl
     got, problems = {}, []
     for where, obj in read_jsonl(path, "probe file", " (write one with make learn)"):
@@ -215,7 +215,7 @@ def read_probabilities(path):
         if p is not None and (isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1):
             problems.append(f"{where}: p_interesting must be a number in [0, 1] or null, got {p!r}; "
                             f"write the file again with make learn")
-        got[obj["clip_id"]] = p
+        got[obj["clip_id"]] = (p, obj.get("labelled"))
     if problems:
         raise cli.UserError("\n".join(problems))
     return got

@@ -115,3 +115,44 @@ def test_refuses_below_five_each(tmp_path):
     assert "3 interesting and 6 not" in proc.stderr
     assert "label 2 more interesting and 0 more not interesting" in proc.stderr
     assert not (tmp_path / "p.jsonl").exists()
+
+
+def test_select_mix_follows_its_rule_and_never_repicks_labelled(tmp_path):
+    import selection
+    rng = np.random.default_rng(3)
+    n = 40
+    x = rng.normal(size=(n, 8))  # random directions: no near-duplicates at max_similarity 0.95
+    clips = [(f"c{i:02d}", f"s{i}", float(i) / n, x[i]) for i in range(n)]  # novelty rises with i
+    scores = write_inputs(tmp_path, clips)
+    p = np.round(rng.random(n), 6)
+    labelled = {3: 1, 7: 0, 39: 0}  # c39 is the most novel clip
+    write_jsonl(tmp_path / "probe.jsonl", [{"clip_id": f"c{i:02d}", "p_interesting": float(p[i]),
+                                            "labelled": labelled.get(i)} for i in range(n)])
+    out = tmp_path / "sel.jsonl"
+    selection.main(["select", "--scores", str(scores), "--output", str(out), "--top", "10",
+                    "--rank-by", "mix", "--probe", str(tmp_path / "probe.jsonl")])
+    picks = [json.loads(line) for line in out.read_text().splitlines()]
+    free = [i for i in range(n) if i not in labelled]
+    by_p = sorted(free, key=lambda i: (-p[i], i))
+    first = by_p[:8]  # E = round(0.2 * 10) = 2
+    unsure = sorted((i for i in free if 0.25 <= p[i] <= 0.75 and i not in first), key=lambda i: -i)[:2]
+    assert [int(r["clip_id"][1:]) for r in picks] == first + unsure
+    assert [r["picked_by"] for r in picks] == ["mix"] * 8 + ["explore"] * 2
+    assert not {int(r["clip_id"][1:]) for r in picks} & set(labelled)
+    # --rank-by probe: p order; labels passed with LABELS are skipped too
+    labels = write_jsonl(tmp_path / "l.jsonl", [{"clip_id": f"c{by_p[0]:02d}", "binary_label": None}])
+    selection.main(["select", "--scores", str(scores), "--output", str(out), "--top", "5",
+                    "--rank-by", "probe", "--probe", str(tmp_path / "probe.jsonl"), "--labels", str(labels)])
+    picks = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [int(r["clip_id"][1:]) for r in picks] == by_p[1:6]
+    assert [r["p_interesting"] for r in picks] == [float(p[i]) for i in by_p[1:6]]
+
+
+def test_mix_unfilled_explore_goes_back_to_p_order():
+    score = np.arange(10.0)
+    p = np.r_[np.full(9, 0.9), 0.5]  # only clip 9 is unsure
+    ids = [f"c{i}" for i in range(10)]
+    import selection
+    phases = selection.mix_phases(score, p, ids, 5, 0.4)
+    assert [n for _, n in phases] == [3, 5, 5]
+    assert list(phases[1][0]) == [9]
