@@ -328,6 +328,13 @@ def run_fit(args, cfg):
     p = probabilities(emb, probe, chunk_rows)
     k_values = [k for k in cfg["evaluation"]["k_values"] if k <= len(y)] or [len(y)]
     report, table = honest_report(scores, rows, y, cv_p, emb, chunk_rows, k_values)
+    from eval import ranking_metrics  # plain CV AP beside novelty; the full report needs ranking.py
+    ids = [f"r{i}" for i in range(len(y))]
+    truth = dict(zip(ids, y.astype(int).tolist()))
+    novelty = scores.score[rows]
+    nov = {i: None if math.isnan(v) else float(v) for i, v in zip(ids, novelty)}
+    cv_ap = {"probe": ranking_metrics(dict(zip(ids, cv_p.tolist())), truth, k_values)["average_precision"],
+             "novelty": ranking_metrics(nov, truth, k_values)["average_precision"], "positive_rate": pos / len(y)}
     write_probabilities(out, scores, p, labels)
     cli.atomic_write(f"{out}.probe.npz", lambda f: np.savez(f, **probe))
     meta = {"scores": str(scores.path), "embeddings": str(emb.path), "encoder_fingerprint": fp,
@@ -335,10 +342,12 @@ def run_fit(args, cfg):
             "negatives": neg,
             "unknown_clips": unknown, "conflicts": [{"clip_id": cl, "labels": v} for cl, v in conflicts],
             "C": c, "cv_balanced_log_loss": {str(k): v for k, v in losses.items()},
-            "folds": int(len(np.unique(folds))), "seed": SEED, "report": report}
+            "folds": int(len(np.unique(folds))), "seed": SEED, "cv_ap": cv_ap, "report": report}
     cli.atomic_write_text(f"{out}.meta.json", json.dumps(meta, indent=1, default=_json) + "\n")
     print(f"probe fitted on {len(y)} labelled clips ({pos} interesting, {neg} not) of {scores.path}: "
           f"C {c} (scene-grouped {meta['folds']}-fold CV, balanced log loss {losses[c]:.4f})")
+    print(f"scene-grouped CV AP on the labelled clips: probe {cv_ap['probe']:.3f}, novelty "
+          f"{cv_ap['novelty'] or 0:.3f}, random ~{cv_ap['positive_rate']:.3f}")
     if table:
         print(table)
     print(f"p_interesting for {int((~np.isnan(p)).sum())} of {len(p)} clips -> {out}, {out}.probe.npz, "
