@@ -334,7 +334,8 @@ def run_fit(args, cfg):
     novelty = scores.score[rows]
     nov = {i: None if math.isnan(v) else float(v) for i, v in zip(ids, novelty)}
     cv_ap = {"probe": ranking_metrics(dict(zip(ids, cv_p.tolist())), truth, k_values)["average_precision"],
-             "novelty": ranking_metrics(nov, truth, k_values)["average_precision"], "positive_rate": pos / len(y)}
+             "novelty": ranking_metrics(nov, truth, k_values)["average_precision"],
+             "positive_rate": pos / len(y)}
     write_probabilities(out, scores, p, labels)
     cli.atomic_write(f"{out}.probe.npz", lambda f: np.savez(f, **probe))
     meta = {"scores": str(scores.path), "embeddings": str(emb.path), "encoder_fingerprint": fp,
