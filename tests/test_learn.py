@@ -156,3 +156,34 @@ def test_mix_unfilled_explore_goes_back_to_p_order():
     phases = selection.mix_phases(score, p, ids, 5, 0.4)
     assert [n for _, n in phases] == [3, 5, 5]
     assert list(phases[1][0]) == [9]
+
+
+@pytest.mark.skipif(not __import__("shutil").which("chromium"), reason="needs headless chromium (make browser)")
+def test_page_label_export_is_read_back_by_learn(tmp_path):
+    import html
+    import re
+    import subprocess
+    import report
+    scores, _, y = fleet(folder=tmp_path)
+    page = tmp_path / "report.html"
+    report.main(["--scores", str(scores), "--top", "60", "--bottom", "0", "--output", str(page)])
+    want = {c: int(y[int(c[1:])]) for c in (f"c{i:03d}" for i in range(0, 60, 3))}
+    want.update({f"c{i:03d}": 0 for i in range(1, 40, 3)})
+    clicks = json.dumps(want)
+    probe = (f"<script>const want={clicks};document.querySelectorAll('.labels').forEach(s=>{{"
+             f"if(s.dataset.cid in want)s.querySelector(want[s.dataset.cid]?'[data-lab=i]':'[data-lab=n]')"
+             f".click();}});document.getElementById('reviewer').value='ann';"
+             f"const p=document.createElement('pre');p.id='dump';p.textContent=jepaLabelsJsonl();"
+             f"document.body.appendChild(p);</script>")
+    page.write_text(page.read_text().replace("</body>", probe + "</body>"))
+    dom = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
+                          page.as_uri()], capture_output=True, text=True, timeout=120).stdout
+    text = html.unescape(re.search(r'<pre id="dump">(.*?)</pre>', dom, re.S).group(1))
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text(text)  # exactly as exported: no hand editing
+    rows = [json.loads(line) for line in text.splitlines()]
+    assert {r["clip_id"]: r["binary_label"] for r in rows} == want and all("time" in r for r in rows)
+    out = tmp_path / "probe.jsonl"
+    run_script("learn.py", "fit", "--scores", scores, "--labels", labels, "--output", out, check=True)
+    meta = json.loads((tmp_path / "probe.jsonl.meta.json").read_text())
+    assert meta["labelled"] == len(want) and meta["positives"] == sum(want.values())
