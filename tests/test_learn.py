@@ -158,7 +158,8 @@ def test_mix_unfilled_explore_goes_back_to_p_order():
     assert list(phases[1][0]) == [9]
 
 
-@pytest.mark.skipif(not __import__("shutil").which("chromium"), reason="needs headless chromium (make browser)")
+@pytest.mark.skipif(not __import__("shutil").which("chromium"),
+                    reason="needs headless chromium (make browser)")
 def test_page_label_export_is_read_back_by_learn(tmp_path):
     import html
     import re
