@@ -24,7 +24,7 @@ TRAIN_ARGS = --config $(CONFIG) $(TRAIN_MANIFEST) --run-dir $(RUN) $(COMMON) $(c
 	$(if $(RESUME),--resume) $(ARGS)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo manifest check train eval score merge report select similar test browser walk-readme bench clean
+.PHONY: help install demo manifest check train eval score merge report learn select similar test browser walk-readme bench clean
 
 help:
 	@echo "jepa-clips: mine driving clips worth a human's review (see README.md)"
@@ -47,6 +47,9 @@ help:
 	@echo "  make merge                SHARDS=\"a.jsonl b.jsonl\" MANIFEST= OUT=scores.jsonl [ARGS=]"
 	@echo "  make select               SCORES= [MANIFEST=] [LABELS=] [TOP=50] [OUT=selection.jsonl beside SCORES]"
 	@echo "                            [ARGS=]  a diverse top-K for labelling, near-duplicates folded"
+	@echo "                            [RANK_BY=score|probe|mix PROBE=probe.jsonl]  rank by the learnt probe"
+	@echo "  make learn                SCORES= LABELS=\"r1.jsonl r2.jsonl\" [OUT=probe.jsonl beside SCORES] [ARGS=]"
+	@echo "                            a probe on the embeddings of the labelled clips; p_interesting per clip"
 	@echo "  make similar              SCORES= CLIP=clip_id [K=20] [OUT=similar.jsonl beside SCORES] [ARGS=]"
 	@echo "  make report               SCORES= [MANIFEST=] [DATA_ROOT=] [LABELS=] [SELECTION=] [TOP=50] [BOTTOM=10]"
 	@echo "                            [OUT=report.html beside SCORES] [ARGS=\"--thumbs 3\"]  HTML review page"
@@ -110,7 +113,14 @@ select: $(INSTALL)
 	$(if $(SCORES),,$(error SCORES=path/to/scores.jsonl is required (written by make score)))
 	$(PYTHON) selection.py select --scores $(SCORES) --config $(CONFIG) $(call opt,--manifest,$(MANIFEST_FOR_REPORT)) \
 		$(call opt,--data-root,$(DATA_ROOT)) $(call opt,--labels,$(LABELS)) $(call opt,--top,$(TOP)) \
+		$(call opt,--rank-by,$(RANK_BY)) $(call opt,--probe,$(PROBE)) \
 		--output $(or $(OUT),$(dir $(SCORES))selection.jsonl) $(ARGS)
+
+learn: $(INSTALL)
+	$(if $(SCORES),,$(error SCORES=path/to/scores.jsonl is required (written by make score)))
+	$(if $(LABELS),,$(error LABELS="round1.jsonl ..." is required (labels exported by the review page)))
+	$(PYTHON) learn.py fit --scores $(SCORES) --config $(CONFIG) --labels $(LABELS) \
+		--output $(or $(OUT),$(dir $(SCORES))probe.jsonl) $(ARGS)
 
 similar: $(INSTALL)
 	$(if $(SCORES),,$(error SCORES=path/to/scores.jsonl is required (written by make score)))

@@ -426,6 +426,76 @@ def large_view(page, f, rank, words, anchor, view):
             f'click one to open the file.</p><div class="grid">{"".join(cells)}</div></div></div>')
 
 
+LABEL_SCRIPT = r"""
+window.jepaLabels = {};
+(function () {
+  let cur = 0;
+  const cards = () => Array.from(document.querySelectorAll('article.clip'))
+    .filter(c => c.querySelector('.labels'));
+  document.querySelectorAll('button[data-lab],#labjsonl,#labcsv').forEach(b => { b.disabled = false; });
+  function setLab(card, v) {
+    const id = card.querySelector('.labels').dataset.cid;
+    const who = document.getElementById('reviewer').value.trim();
+    window.jepaLabels[id] = {clip_id: id, binary_label: v === 'i' ? 1 : v === 'n' ? 0 : null,
+                             reviewer: who || null, time: new Date().toISOString()};
+    document.querySelectorAll('.labels').forEach(c => {
+      if (c.dataset.cid === id) c.querySelectorAll('button[data-lab]').forEach(
+        b => b.classList.toggle('on', b.dataset.lab === v));
+    });
+    document.getElementById('labcount').textContent = Object.keys(window.jepaLabels).length + ' labelled';
+  }
+  document.addEventListener('click', e => {
+    const b = e.target.closest('button[data-lab]');
+    if (b) { setLab(b.closest('article.clip'), b.dataset.lab); cur = cards().indexOf(b.closest('article')); }
+  });
+  document.addEventListener('keydown', e => {
+    if (e.target.tagName === 'INPUT' || e.ctrlKey || e.metaKey || e.altKey) return;
+    const cs = cards();
+    if (!cs.length) return;
+    if (e.key === 'j' || e.key === 'k') {
+      cur = Math.max(0, Math.min(cs.length - 1, cur + (e.key === 'j' ? 1 : -1)));
+      cs.forEach((c, i) => c.classList.toggle('cur', i === cur));
+      cs[cur].scrollIntoView({block: 'center'});
+    } else if (['i', 'n', 'u'].includes(e.key)) setLab(cs[cur], e.key);
+  });
+  function save(text, name, type) {
+    const a = document.createElement('a');
+    a.href = URL.createObjectURL(new Blob([text], {type: type}));
+    a.download = name; document.body.appendChild(a); a.click(); a.remove();
+  }
+  window.jepaLabelsJsonl = () => Object.values(window.jepaLabels).map(r => JSON.stringify(r) + '\n')
+    .join('');
+  window.jepaLabelsCsv = () => 'clip_id,binary_label,reviewer,time\n' + Object.values(window.jepaLabels).map(
+    r => [r.clip_id, r.binary_label === null ? '' : r.binary_label, r.reviewer || '', r.time]
+      .map(v => /[",\n]/.test(String(v)) ? '"' + String(v).replace(/"/g, '""') + '"' : v).join(',') + '\n')
+    .join('');
+  document.getElementById('labjsonl').onclick = () => save(jepaLabelsJsonl(), 'labels.jsonl',
+                                                           'application/json');
+  document.getElementById('labcsv').onclick = () => save(jepaLabelsCsv(), 'labels.csv', 'text/csv');
+})();
+"""
+LABEL_CSS = ("button[data-lab].on{background:#2a6;color:#fff}article.clip.cur{outline:3px solid #f80}"
+             ".labels{margin:4px 0}")
+
+
+def label_bar():
+    """The labels toolbar: reviewer name, count and the two exports (labels JSONL for make learn, CSV)."""
+    return ('<div class="labelbar"><b>Labels</b> (buttons on each card; keys: j/k move, i interesting, '
+            'n not interesting, u unsure; kept in this page only until exported) '
+            '<label>reviewer <input id="reviewer" size="12"></label> <span id="labcount">0 labelled</span> '
+            '<button id="labjsonl" disabled>export labels.jsonl</button> '
+            '<button id="labcsv" disabled>export CSV</button></div>')
+
+
+def label_buttons(page, cid):
+    """A card's label buttons, and its p_interesting when the page has a probe."""
+    p = getattr(page, "probe", {}).get(cid)
+    prob = f'<span class="pint">p_interesting {p:.3f}</span><br>' if p is not None else ""
+    return (f'{prob}<span class="labels" data-cid="{esc(cid)}"><button data-lab="i" disabled>interesting'
+            f'</button><button data-lab="n" disabled>not</button>'
+            f'<button data-lab="u" disabled>unsure</button></span><br>')
+
+
 def clip_card(page, clip, anchor=None, extra=""):
     """One clip card, the only place cards are drawn (selection and ranking alike): pick box and facts,
     animated preview, stills, tubelet bars, and its large view. `anchor`: the card's id (default c<rank>;
@@ -451,7 +521,8 @@ def clip_card(page, clip, anchor=None, extra=""):
     return (f'<article class="clip{" miss" if miss else ""}" id="{anchor}"><div class="info">'
             f'{pick_box(f, bool(pick))} <span class="rank">#{rank}</span> '
             f'<span class="score">{clip["score"]:.4f}</span><br>'
-            f'<b class="cid">{esc(cid).replace("__", "__<wbr>")}</b><br>{words}<br>'  # wbr: wrap at __
+            f'<b class="cid">{esc(cid).replace("__", "__<wbr>")}</b><br>'  # wbr: wrap at __
+            f'{label_buttons(page, cid)}{words}<br>'
             f'<a href="#{view}">large view</a>{folder}{extra}</div>'
             f'<a class="pvl" href="#{view}">{preview}</a>'
             f'<div class="side"><div class="strip">{strip}</div>{svg_bars(clip["tubelet_scores"], page.vmax)}'
@@ -481,9 +552,9 @@ def metrics_block(page):
     hidden = [k for k in all_ks if k > labelled]
     dropped = (f"; @{', @'.join(map(str, hidden))} left out: only {labelled} scored clips are labelled"
                if hidden else "")
-    return (f'<h2>Ranking metrics</h2><pre>{esc(ranking_table(methods, ks))}</pre><p class="muted">As eval.py '
-            f'--labels reports them, K from config.yaml (evaluation.k_values){dropped}; {gap}; random = the '
-            f'exact expectation of a random ranking.</p>')
+    return (f'<h2>Ranking metrics</h2><pre>{esc(ranking_table(methods, ks))}</pre>'
+            f'<p class="muted">As eval.py --labels reports them, K from config.yaml '
+            f'(evaluation.k_values){dropped}; {gap}; random = the exact expectation of a random ranking.</p>')
 
 
 def misses_block(page):
@@ -645,8 +716,8 @@ def build_html(clips, args, meta, records, labels=None, picks=()):
         why = "--bottom 0" if not args.bottom else f"all {len(order)} scored clips are in the top list"
         ordinary = f'<h2>Most ordinary clips</h2><p class="muted">none listed: {why}</p>'
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>jepa-clips novelty report'
-            f'</title><style>{CSS}</style></head><body><h1>Most novel clips</h1>'
-            f'<table class="meta">{meta_rows}</table>{export_bar(page)}'
+            f'</title><style>{CSS}{LABEL_CSS}</style></head><body><h1>Most novel clips</h1>'
+            f'<table class="meta">{meta_rows}</table>{export_bar(page)}{label_bar()}'
             f'{selection_block(page, picks, args.selection) if picks else ""}'
             f'{metrics_block(page) if labels is not None else ""}<h2>Score distribution</h2>{hist}'
             f'<h2>Top {len(top)}: most novel (highest score first{", the raw ranking" if picks else ""})</h2>'
@@ -655,7 +726,8 @@ def build_html(clips, args, meta, records, labels=None, picks=()):
             f'novelty (1 &minus; cosine) of each tubelet on one scale for the whole page, the peak orange '
             f'with &#9660;; its first frame is the dashed still.</p>{clip_list(page, top)}{ordinary}'
             f'{misses_block(page) if labels is not None else ""}<h2>Per scene</h2>{scene_table(clips)}'
-            f'<h2>Failed clips ({len(failed)})</h2>{failed_table(failed)}<script>{SCRIPT}</script>'
+            f'<h2>Failed clips ({len(failed)})</h2>{failed_table(failed)}'
+            f'<script>{SCRIPT}{LABEL_SCRIPT}</script>'
             f'</body></html>\n')
 
 
@@ -676,6 +748,7 @@ def parse_args(argv=None):
     p.add_argument("--preview-frames", type=int, default=16,
                    help="most frames in each animated preview, evenly spaced, the peak tubelet's always in; "
                         "0 = no previews (default: 16)")
+    p.add_argument("--probe", help="probe.jsonl from make learn: p_interesting beside each card's score")
     p.add_argument("--output", default="report.html", help="HTML file to write (default: report.html)")
     return p.parse_args(argv)
 
@@ -702,6 +775,9 @@ def main(argv=None):
     picks = read_selection(args.selection) if args.selection else []
     # tubelet_size=1: a clip too short to score is already a failed row; it must not stop the report
     records = read_manifest(args.manifest, args.data_root, 1) if args.manifest else []
+    if args.probe:
+        from learn import read_probabilities
+        Page.probe = {c: v[0] for c, v in read_probabilities(args.probe).items()}
     text = build_html(clips, args, meta, {r["clip_id"]: r for r in records}, labels, picks)
     cli.atomic_write_text(args.output, text)
     print(f"wrote {args.output} ({len(text.encode()) / 1e6:.1f} MB)")

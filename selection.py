@@ -224,7 +224,8 @@ def check_config(sel):
     rules = [(-1.0 <= sel["max_similarity"] <= 1.0, "max_similarity", "must be in [-1, 1]"),
              (sel["per_scene"] >= 0, "per_scene", "must be >= 0 (0 = no limit)"),
              (sel["top"] >= 1, "top", "must be >= 1"), (sel["similar_k"] >= 1, "similar_k", "must be >= 1"),
-             (sel["chunk_mb"] >= 1, "chunk_mb", "must be >= 1")]
+             (sel["chunk_mb"] >= 1, "chunk_mb", "must be >= 1"),
+             (0 <= sel["explore_share"] <= 1, "explore_share", "must be in [0, 1]")]
     for ok, key, rule in rules:
         if not ok:
             raise cli.UserError(f"config key selection.{key} = {sel[key]!r} {rule}")
@@ -327,6 +328,59 @@ def manifest_details(path, root, wanted):
     return found
 
 
+def phased_select(phases, emb, scores, max_similarity, per_scene):
+    """greedy_select over several walks in turn, phases = [(order, n)]: each walk adds picks until there
+    are n in all. Every walk starts with the picks so far (taken again unchanged), so folding and scene quotas hold across phases.
+    Returns (picks, folded, phase of each pick)."""
+    picks, folded, phase_of = [], defaultdict(list), []
+    for phase, (order, n) in enumerate(phases):
+        if n <= len(picks):
+            continue
+        taken = set(picks)
+        walk = np.concatenate([np.asarray(picks, np.int64), [r for r in order if r not in taken]])
+        new_picks, new_folded = greedy_select(walk.astype(np.int64), emb, scores, n,
+                                              max_similarity, per_scene)
+        phase_of += [phase] * (len(new_picks) - len(picks))
+        picks = new_picks
+        for j, items in new_folded.items():
+            folded[j] += items
+    chosen, out, seen = set(picks), defaultdict(list), set()
+    for j in sorted(folded):
+        for item in folded[j]:
+            if item[0] not in chosen and item[0] not in seen:
+                seen.add(item[0])
+                out[j].append(item)
+    return picks, out, phase_of
+
+
+def mix_phases(score, p, ids, top, share):
+    """The mix rule: E = round(share * top); first top - E picks by p_interesting (highest first); then E
+    picks among the clips with 0.25 <= p <= 0.75, most novel (highest score) first; places left unfilled
+    by either go back to p order. NaN in score or p = not a candidate."""
+    explore = round(share * top)
+    unsure = np.where((p >= 0.25) & (p <= 0.75), score, np.nan)
+    by_p = walk_order(p, ids)
+    return [(by_p, top - explore), (walk_order(unsure, ids), top), (by_p, top)]
+
+
+def read_probe_rows(path, scores):
+    """A learn OUT file as (N,) float64 p_interesting aligned with the scores rows (NaN where missing) and
+    the set of rows it marks labelled."""
+    from learn import read_probabilities
+    got, labelled = read_probabilities(path), set()
+    p = np.full(len(scores), np.nan)
+    for i, clip in enumerate(scores.ids):
+        v = got.get(clip, (None, None))
+        if v[0] is not None:
+            p[i] = v[0]
+        if v[1] is not None:
+            labelled.add(i)
+    if np.isnan(p).all():
+        raise cli.UserError(f"{path}: no p_interesting for any clip of {scores.path}; run make learn "
+                            f"on these scores")
+    return p, labelled
+
+
 def pick_records(scores, picks, folded, details):
     """selection.jsonl's objects, one per pick in rank order."""
     out = []
@@ -409,15 +463,40 @@ def run_select(args, cfg):
     if args.labels:
         from eval import read_labels
         labels = read_labels(args.labels)  # before the walk: a bad labels file fails fast
-    order = walk_order(scores.score, scores.ids)
+    rank_by = getattr(args, "rank_by", "score")
+    score, p, skip = scores.score, None, set()
+    if rank_by != "score" and not getattr(args, "probe", None):
+        raise cli.UserError(f"--rank-by {rank_by} needs --probe (PROBE=) from make learn")
+    if getattr(args, "probe", None):
+        p, skip = read_probe_rows(args.probe, scores)
+    if args.labels and rank_by != "score":  # with score, LABELS only measure the ranking (as before)
+        skip |= {i for i, c in enumerate(scores.ids) if c in labels}
+    if skip:  # clips already labelled are never picked again
+        score = score.copy()
+        score[list(skip)] = np.nan
+    order = walk_order(score, scores.ids)
     if not len(order):
-        raise cli.UserError(f"{scores.path}: no clip has a score (all failed); nothing to select")
-    picks, folded = greedy_select(order, emb, scores, sel["top"], sel["max_similarity"], sel["per_scene"])
+        raise cli.UserError(f"{scores.path}: no unlabelled clip has a score; nothing to select")
+    phase_of = None
+    if rank_by == "score":
+        picks, folded = greedy_select(order, emb, scores, sel["top"], sel["max_similarity"],
+                                      sel["per_scene"])
+    else:
+        p = np.where(np.isnan(score), np.nan, p)
+        phases = [(walk_order(p, scores.ids), sel["top"])] if rank_by == "probe" else \
+            mix_phases(score, p, scores.ids, sel["top"], sel["explore_share"])
+        picks, folded, phase_of = phased_select(phases, emb, scores, sel["max_similarity"], sel["per_scene"])
     details = {} if not args.manifest else \
         manifest_details(args.manifest, args.data_root, {scores.ids[r] for r in picks})
     records = pick_records(scores, picks, folded, details)
+    if p is not None:
+        for r, row, ph in zip(records, picks, phase_of or [0] * len(picks)):
+            r["p_interesting"] = None if np.isnan(p[row]) else float(p[row])
+            r["picked_by"] = "explore" if rank_by == "mix" and ph == 1 else rank_by
     reasons = [reason for f in folded.values() for _, _, reason in f]
     meta = {"scores": str(scores.path), "embeddings": str(emb.path), "manifest": args.manifest,
+            "rank_by": rank_by, "probe": getattr(args, "probe", None), "explore_share": sel["explore_share"],
+            "skipped_labelled": len(skip),
             "top": sel["top"], "max_similarity": sel["max_similarity"], "per_scene": sel["per_scene"],
             "clips": len(scores), "scored": len(order), "picked": len(picks),
             "walked": len(picks) + len(reasons),
@@ -523,6 +602,11 @@ def parse_args(argv=None):
     cli.add_clip_inputs(s, "last frames and timestamps (default: none, those fields are null)",
                         "compare the raw ranking and the selection")
     s.add_argument("--top", type=int, help="clips to pick (default: selection.top, 50)")
+    s.add_argument("--rank-by", choices=("score", "probe", "mix"), default="score",
+                   help="score: novelty; probe: p_interesting; mix: p_interesting with "
+                   "selection.explore_share of the batch for the most novel clips the probe is unsure about "
+                   "(default: score)")
+    s.add_argument("--probe", help="p_interesting JSONL from make learn (needed by --rank-by probe|mix)")
     s.add_argument("--output", default="selection.jsonl", help="picks JSONL; the CSV and OUT.meta.json go "
                    "beside it (default: selection.jsonl)")
     m.add_argument("--clip", required=True, help="clip_id of the clip to find neighbours of")
