@@ -8,7 +8,8 @@ Usage:
 
 Writes exactly one JSON line per manifest clip (of the shard), in manifest order, flushed as it goes:
 {"clip_id", "scene", "camera", "first_frame", "score", "tubelet_scores", "masked_gap"} (masked_gap: the
-no-predictor baseline's score, 1 - cos(masked, clean)); a clip whose frames cannot be read gets "score": null and an "error" and the run goes on (exit status 1 at the end). Beside it, OUT.emb.npy holds
+no-predictor baseline's score, 1 - cos(masked, clean)); a clip whose frames cannot be read gets "score": null
+and an "error" and the run goes on (exit status 1 at the end). Beside it, OUT.emb.npy holds
 one float32 embedding per line (the mean of the clip's clean tubelet embeddings; NaN for a failed clip),
 loadable without reading it whole: np.load("OUT.emb.npy", mmap_mode="r"). Run the same command again after a
 kill and it keeps the complete lines and rows, drops a torn tail and appends the rest. OUT.meta.json records

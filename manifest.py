@@ -623,7 +623,8 @@ def layout_note(root):
     example = f"; e.g. {deep[min(deep)]} is {min(deep)} levels down and is not read" if deep else ""
     return (f"warning: {root}: its {len(per_scene)} sub-folders are laid out differently "
             f"({counts}{example}); assumed {root}/SCENE/*.jpg or {root}/SCENE/CAMERA/*.jpg. If {root} "
-            f"holds several datasets, pass each one as its own root: FRAMES_DIR=\"{root}/A {root}/B\" (--frames-dir A B)")
+            f"holds several datasets, pass each one as its own root: FRAMES_DIR=\"{root}/A {root}/B\" "
+            f"(--frames-dir A B)")
 
 
 def manifest_path(frame, out_dir):

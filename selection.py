@@ -330,7 +330,8 @@ def manifest_details(path, root, wanted):
 
 def phased_select(phases, emb, scores, max_similarity, per_scene):
     """greedy_select over several walks in turn, phases = [(order, n)]: each walk adds picks until there
-    are n in all. Every walk starts with the picks so far (taken again unchanged), so folding and scene quotas hold across phases.
+    are n in all. Every walk starts with the picks so far (taken again unchanged), so folding and scene
+    quotas hold across phases.
     Returns (picks, folded, phase of each pick)."""
     picks, folded, phase_of = [], defaultdict(list), []
     for phase, (order, n) in enumerate(phases):
