@@ -403,7 +403,8 @@ def _check_video(rec, manifest_path, decode):
     why = import_problem or video.video_problem(rec["video"], idx, decode)
     if not why and min(idx) < 0:
         why = "start_s is past the end of the stream, or too few frames follow it"
-    return [f"{manifest_path}:{rec['line']}: video {rec['video']}: {why}"] if why else []
+    fix = "" if import_problem else "; re-copy or re-encode the file, or drop its clips from the manifest"
+    return [f"{manifest_path}:{rec['line']}: video {rec['video']}: {why}{fix}"] if why else []
 
 
 def _video_size(path):

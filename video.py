@@ -62,6 +62,8 @@ def probe(path):
         with av.open(str(path)) as c:
             if not c.streams.video:
                 raise OSError("no video stream")
+            if "image2" in c.format.name or c.format.name.endswith("_pipe"):
+                raise OSError(f"an image ({c.format.name}), not a video")
             s = c.streams.video[0]
             pts = sorted(p.pts for p in c.demux(s) if p.pts is not None and p.size)
             info = {"pts": tuple(pts), "time_base": float(s.time_base), "codec": s.codec_context.name,
@@ -75,7 +77,7 @@ def probe(path):
 
 
 def timestamps_us(path, indices):
-    """Presentation times (µs, from the stream's first frame) of frames `indices`, or None when unreadable."""
+    """Presentation times (µs, from the stream's first frame) of frames `indices`; None when unreadable."""
     try:
         info = probe(path)
     except (OSError, cli.UserError):
