@@ -204,3 +204,32 @@ def test_report_shows_stills_of_a_video_clip(tmp_path):
     im = report.load_small(video.ref(str(path), 7))
     assert im is not None and number(im.resize((W, H))) == 7
     assert report.load_small(video.ref(str(tmp_path / "nope.mp4"), 7)) is None
+
+
+def test_score_report_and_select_on_video_clips(tmp_path, reference, tiny_encoder):
+    """infer.py scores video clips (a corrupt file gives an error record and the run goes on); the review
+    page embeds stills decoded from the file; select names the file and frame range with real times."""
+    write_video(tmp_path / "a.mp4", 48)
+    (tmp_path / "bad.mp4").write_bytes(b"\x00" * 4000)
+    rows = [{"clip_id": f"a{s}", "scene_id": "a", "camera": "front", "video": "a.mp4",
+             "frame_indices": list(range(s, s + 8))} for s in range(0, 40, 8)]
+    rows.append({"clip_id": "bad", "scene_id": "b", "video": "bad.mp4", "frame_indices": list(range(8))})
+    m = write_jsonl(tmp_path / "m.jsonl", rows)
+    scores = tmp_path / "scores.jsonl"
+    proc = run_script("infer.py", "--checkpoint", reference / "best.pt", "--manifest", m, "--encoder",
+                      tiny_encoder, "--output", scores)
+    assert proc.returncode == 1 and "scored 5 clips, 1 failed" in proc.stderr  # the run went on
+    out = {r["clip_id"]: r for r in map(json.loads, scores.read_text().splitlines())}
+    assert out["bad"]["score"] is None and "bad.mp4" in out["bad"]["error"]
+    assert all(isinstance(out[f"a{s}"]["score"], float) for s in range(0, 40, 8))
+    assert out["a8"]["first_frame"] == video.ref(str(tmp_path / "a.mp4"), 8)
+    run_script("report.py", "--scores", scores, "--manifest", m, "--output", tmp_path / "r.html", check=True)
+    page = (tmp_path / "r.html").read_text()
+    assert page.count("data:image/jpeg;base64,") >= 5
+    sel = tmp_path / "sel.jsonl"
+    run_script("selection.py", "select", "--scores", scores, "--manifest", m, "--top", "3", "--output", sel,
+               check=True)
+    picked = [json.loads(x) for x in sel.read_text().splitlines()]
+    assert picked and all("a.mp4#frame=" in p["last_frame"] for p in picked)
+    first = int(picked[0]["first_frame"].rsplit("=", 1)[1])
+    assert picked[0]["first_timestamp"] == first * 100000
