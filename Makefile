@@ -35,7 +35,8 @@ help:
 	@echo "  make browser              install headless Chromium (apt) so the review-page tests run, not skip"
 	@echo "  make install              build .venv from requirements.txt"
 	@echo "  make manifest             NUSCENES=/data/nuscenes [VERSION=v1.0-mini] [CAMERAS=CAM_FRONT|a,b|all]"
-	@echo "                            [SOURCE=samples|sweeps], or FRAMES_DIR=/data/drives (\"A B\": several);"
+	@echo "                            [SOURCE=samples|sweeps], or FRAMES_DIR=/data/drives (\"A B\": several),"
+	@echo "                            or VIDEOS_DIR=/data/videos [FPS=] (MP4/HEVC, README \"Videos\");"
 	@echo "                            [FRAMES=16] [STRIDE=16] [SPLIT=] [SEED=] [OUT=\$$MANIFEST] [ARGS=]"
 	@echo "  make check                MANIFEST= [DATA_ROOT=] [ARGS=]  validate a manifest, decode every frame"
 	@echo "  make train                MANIFEST= [RUN=experiments/run] [ENCODER=] [LR=] [EPOCHS=] [BATCH=] [SEED=]"
@@ -73,16 +74,20 @@ demo: $(INSTALL)
 MANIFEST_ARGS = $(call opt,--frames,$(FRAMES)) $(call opt,--stride,$(STRIDE)) $(call opt,--split,$(SPLIT)) \
 	$(call opt,--seed,$(SEED)) --output $(or $(OUT),$(MANIFEST)) $(ARGS)
 
+# one source kind at a time (FRAMES_DIR may name several roots, so count the kinds, not the words)
 manifest: $(INSTALL)
-ifneq ($(and $(NUSCENES),$(FRAMES_DIR)),)
-	@echo "error: pass NUSCENES= (a nuScenes download) or FRAMES_DIR= (a folder of frame folders), not both" >&2; exit 2
+ifneq ($(word 2,$(if $(NUSCENES),n) $(if $(FRAMES_DIR),f) $(if $(VIDEOS_DIR),v)),)
+	@echo "error: pass one of NUSCENES= (nuScenes), FRAMES_DIR= (frame folders), VIDEOS_DIR= (videos)" >&2; exit 2
 else ifneq ($(NUSCENES),)
 	$(PYTHON) manifest.py nuscenes --dataroot $(NUSCENES) $(call opt,--version,$(VERSION)) \
 		$(call opt,--cameras,$(CAMERAS)) $(call opt,--source,$(SOURCE)) $(MANIFEST_ARGS)
 else ifneq ($(FRAMES_DIR),)
 	$(PYTHON) manifest.py frames --frames-dir $(FRAMES_DIR) $(MANIFEST_ARGS)
+else ifneq ($(VIDEOS_DIR),)
+	$(PYTHON) manifest.py videos --videos-dir $(VIDEOS_DIR) $(call opt,--fps,$(FPS)) $(MANIFEST_ARGS)
 else
-	@echo "error: pass NUSCENES=/path/to/nuscenes (a nuScenes download) or FRAMES_DIR=/path/to/drives (frame folders)" >&2; exit 2
+	@echo "error: pass NUSCENES=/path/to/nuscenes (a nuScenes download), FRAMES_DIR=/path/to/drives" \
+		"(frame folders) or VIDEOS_DIR=/path/to/videos (MP4/HEVC files)" >&2; exit 2
 endif
 
 check: $(INSTALL)

@@ -3,6 +3,7 @@
 Usage:
   python bench.py [--quick] [--device auto|cpu|cuda] [--json bench.json] [--markdown BENCHMARKS.md]
   python bench.py --only select [--quick]   (make select/similar at 1M clips; own BENCHMARKS.md section)
+  python bench.py --only video [--quick]    (1080p H.264 MP4 vs the same frames as JPEG; own section)
   make bench [BENCH_ARGS=--quick]
 
 Measures (same batch size throughout): gemm (fp32 GFLOP/s of a large matmul, the practical ceiling), encoder
@@ -236,10 +237,12 @@ def main():
     p.add_argument("--json", help="also write the figures and ratios to this JSON file")
     p.add_argument("--markdown", default=None,
                    help="Markdown report (default BENCHMARKS.md; none with --quick)")
-    p.add_argument("--only", choices=["select", "fleet"], help="run one part only; select: make "
-                   "select/similar at scale; fleet: 1M-line manifests, merge, long clips (default: every "
-                   "part, these two last)")
+    p.add_argument("--only", choices=["select", "fleet", "video"], help="run one part only; select: make "
+                   "select/similar at scale; fleet: 1M-line manifests, merge, long clips; video: decode "
+                   "frames/s from MP4 vs JPEG (default: every part, these three last)")
     args = p.parse_args()
+    if args.only == "video":
+        return bench_video_section(args)
     if args.only == "select":
         return bench_select_section(args)
     if args.only == "fleet":
@@ -325,6 +328,7 @@ def main():
         print(f"wrote {md}")
     bench_fleet_section(args)
     bench_select_section(args)
+    bench_video_section(args)
 
 
 def bench_fleet_section(args):
@@ -529,6 +533,98 @@ SELECT_NOTES = """\
   one `selection.chunk_mb` chunk and its mapping.
 - similar at 1M reads 4 GB. Here the file was still in the page cache from being written; from a cold disk,
   add the time to read 4 GB."""
+
+
+
+# ---- video decode (issue 21): bench.py --only video ----
+
+def make_video_and_jpegs(folder, frames, size=(1920, 1080), fps=30):
+    """A 1080p H.264 MP4 (libx264 veryfast, keyframe every second, as dashcams write) of a moving textured
+    scene, and the same decoded frames as JPEG files (quality 95)."""
+    import av
+    from PIL import Image
+    folder.mkdir(parents=True, exist_ok=True)
+    w, h = size
+    rng = np.random.default_rng(0)
+    texture = rng.integers(0, 60, (h, w + frames * 8, 3), dtype=np.uint8)
+    ramp = np.linspace(0, 180, w + frames * 8, dtype=np.uint8)[None, :, None]
+    path = folder / "drive.mp4"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=fps)
+        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+        s.options = {"preset": "veryfast", "g": str(fps), "crf": "23"}
+        for i in range(frames):
+            rgb = np.ascontiguousarray((texture + ramp)[:, i * 8:i * 8 + w])
+            c.mux(s.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        c.mux(s.encode())
+    import video
+    jpegs = []
+    for i in range(frames):  # the decoded frames, so both routes hold the same pictures
+        jpegs.append(folder / f"frame_{i:05d}.jpg")
+        video.read_frame(str(path), i).save(jpegs[-1], quality=95)
+    return path, jpegs
+
+
+def bench_video(quick):
+    """Loader frames/s for one worker (num_workers=0, data.image_size 256): clips of 16 frames taking every
+    2nd frame (FPS=15 of a 30 fps file), back to back, read from the MP4 and from the JPEG files."""
+    work = Path(tempfile.mkdtemp(prefix="jepa-bench-video-"))
+    frames = 128 if quick else 480
+    path, jpegs = make_video_and_jpegs(work, frames)
+    every, per_clip = 2, 16
+    starts = range(0, frames - every * (per_clip - 1), every * per_clip)
+    rows_v = [{"clip_id": f"v{s}", "video": str(path), "frame_indices": list(range(s, s + every * per_clip,
+                                                                                    every))} for s in starts]
+    rows_j = [{"clip_id": f"j{s}", "frame_paths": [str(jpegs[i]) for i in r["frame_indices"]]}
+              for s, r in zip(starts, rows_v)]
+    cfg = cli.load_config()
+    res = {"frames_in_file": frames, "clips": len(rows_v), "size": "1920x1080"}
+    for name, rows in (("jpeg", rows_j), ("mp4", rows_v)):
+        m = work / f"{name}.jsonl"
+        m.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        ds = jepa.JEPADataset(read_manifest(m), cfg, None)
+        best = None
+        for _ in range(2 if quick else 3):
+            import video
+            video._OPEN.clear()  # each repeat opens the file afresh
+            t0 = time.perf_counter()
+            for j in range(len(ds)):
+                assert ds[j].error is None
+            dt = time.perf_counter() - t0
+            best = dt if best is None else min(best, dt)
+        res[f"{name}_fps"] = len(rows) * per_clip / best
+    res["mp4_over_jpeg"] = res["mp4_fps"] / res["jpeg_fps"]
+    shutil.rmtree(work, ignore_errors=True)
+    return res
+
+
+def bench_video_section(args):
+    """Run bench_video; outside --quick, (re)write its own section of BENCHMARKS.md."""
+    try:
+        import av  # noqa: F401
+    except ImportError:
+        print("video part skipped: PyAV is not installed (pip install -r requirements.txt)")
+        return
+    r = bench_video(args.quick)
+    table = (f"{'route':10} {'frames/s per worker':>20}\n{'jpeg':10} {r['jpeg_fps']:20.1f}\n"
+             f"{'mp4 h264':10} {r['mp4_fps']:20.1f}\n{'mp4/jpeg':10} {r['mp4_over_jpeg']:20.2f}")
+    print("\n" + table)
+    md = args.markdown or (None if args.quick else "BENCHMARKS.md")
+    if md:
+        met = "met" if r["mp4_over_jpeg"] >= 1.0 else "MISSED"
+        intro = (
+            f"`python bench.py --only video` on {datetime.date.today().isoformat()}, {os.cpu_count()} CPUs: "
+            f"one loader worker (`num_workers=0`, `data.image_size` 256, no processor) reading {r['clips']} "
+            f"clips of 16 frames, every 2nd frame of a {r['frames_in_file']}-frame {r['size']} 30 fps H.264 "
+            f"MP4 (libx264 veryfast, keyframe every 30 frames, written by the bench with PyAV) vs the same "
+            f"decoded frames as JPEG files (quality 95). Best of repeats.")
+        verdict = (
+            f"Target (video at least as fast per frame as JPEG): {met} in this run. The MP4 route decodes "
+            f"every frame of the stream (the skipped odd frames too: H.264 frames depend on each other) and "
+            f"converts each used one to RGB; the JPEG route decodes only the used files.")
+        write_section(md, "Video decode", f"{textwrap.fill(intro, 110)}\n\n```\n{table}\n```\n\n"
+                                          f"{textwrap.fill(verdict, 110)}")
+        print(f"wrote {md}")
 
 
 if __name__ == "__main__":

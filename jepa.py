@@ -60,12 +60,22 @@ def load_frame(path, size):
 
     No EXIF transpose (the research pipeline had none; `make check` warns about rotated frames). Raises
     OSError for anything that is not a regular file, without opening it."""
+    if "#frame=" in str(path):  # `VIDEO#frame=N` (video.py): the decoded frame takes the same path below
+        import video
+        where = video.parse_ref(path)
+        if where:
+            return _frame_array(video.read_frame(*where), size)
     problem = cli.special_file_problem(path)
     if problem:
         raise OSError(problem)
     with Image.open(path) as im:
         im.load()
-        rgb = _to_8bit(im).convert("RGB").resize((size, size), Image.BICUBIC)
+        return _frame_array(im, size)
+
+
+def _frame_array(im, size):
+    """A loaded PIL image -> RGB -> BICUBIC resize -> uint8 (size, size, 3): JPEGs and video frames alike."""
+    rgb = _to_8bit(im).convert("RGB").resize((size, size), Image.BICUBIC)
     return np.asarray(rgb, dtype=np.uint8)
 
 

@@ -6,6 +6,8 @@ Usage:
       --frames 16 --stride 16 --source samples --output data/manifests/nuscenes_mini.jsonl
   python manifest.py frames --frames-dir /data/drives --frames 16 --stride 16 \
       --output data/manifests/drives.jsonl
+  python manifest.py videos --videos-dir /data/videos --frames 16 --stride 16 [--fps 4] \
+      --output data/manifests/videos.jsonl
   python manifest.py check --manifest data/manifests/nuscenes_mini.jsonl [--data-root /data/nuscenes]
   (make manifest NUSCENES=... | FRAMES_DIR=... ; make check MANIFEST=... [DATA_ROOT=...])
 
@@ -71,6 +73,8 @@ def _clip_fields(raw, where):
     string."""
     if not isinstance(raw, dict):
         return f"{where}: expected a JSON object"
+    if "video" in raw:
+        return _video_fields(raw, where)
     frames = raw.get("frame_paths", raw.get("frames"))
     if not isinstance(frames, list) or set(map(type, frames)) != {str} or "" in frames:  # C loops: 1M lines
         return f"{where}: no frames (need a non-empty list of paths in 'frame_paths' or 'frames')"
@@ -84,12 +88,67 @@ def _clip_fields(raw, where):
     return str(clip_id), frames
 
 
+def _video_fields(raw, where):
+    """(clip_id, frame references as written) of a video line, or a problem string. frame_indices give the
+    references `VIDEO#frame=N`; a start_s line gets `VIDEO#frame=?` placeholders (resolved by
+    clip_record, which reads the stream's presentation times)."""
+    import video
+    video.import_av()  # a video manifest without PyAV: one line with the install command
+    path = raw["video"]
+    if not isinstance(path, str) or not path:
+        return f"{where}: 'video' must be a path to a video file"
+    split = raw.get("split")
+    if split is not None and split not in ("train", "val", "test"):
+        return f"{where}: split must be train, val or test, got {split!r}"
+    idx = raw.get("frame_indices")
+    if idx is not None:
+        if not isinstance(idx, list) or not idx or any(type(i) is not int or i < 0 for i in idx):
+            return f"{where}: frame_indices must be a non-empty list of frame numbers >= 0"
+        span = {"video": path, "frame_indices": idx}
+        frames = [video.ref(path, i) for i in idx]
+    else:
+        start, n, every = raw.get("start_s"), raw.get("num_frames"), raw.get("every", 1)
+        if (not isinstance(start, (int, float)) or start < 0 or type(n) is not int or n < 1
+                or type(every) is not int or every < 1):
+            return (f"{where}: a video line needs frame_indices, or start_s (seconds >= 0) + num_frames "
+                    f"(>= 1) [+ every (>= 1)]")
+        span = {"video": path, "start_s": start, "num_frames": n, "every": every}
+        frames = [f"{path}#frame=?"] * n
+    clip_id = raw.get("clip_id")
+    if clip_id is None:  # the id covers the file and the frame range
+        clip_id = derived_clip_id(str(raw.get("scene_id", raw.get("scene", "unknown"))),
+                                  str(raw.get("camera", "unknown")), span)
+    return str(clip_id), frames
+
+
+def _video_record(raw, base):
+    """frames (`PATH#frame=N`, path resolved against `base`) and timestamps (µs, from the stream's
+    presentation times) of a video line; an unreadable start_s line gets `PATH#frame=-1` references, which
+    fail to load with the reason (make check reports it)."""
+    import video
+    path = raw["video"] if os.path.isabs(raw["video"]) else str(Path(base) / raw["video"])
+    idx = raw.get("frame_indices")
+    if idx is None:
+        try:
+            idx = video.indices_from_start(path, raw["start_s"], raw["num_frames"], raw.get("every", 1))
+        except OSError:
+            idx = [-1] * raw["num_frames"]
+    stamps = raw.get("timestamps") or (video.timestamps_us(path, idx) if min(idx) >= 0 else None)
+    return path, [video.ref(path, i) for i in idx], stamps
+
+
 def clip_record(raw, line, base, where):
     """One manifest line -> normalised clip dict (frames resolved against `base`), or a problem string."""
     fields = _clip_fields(raw, where)
     if isinstance(fields, str):
         return fields
     clip_id, frames = fields
+    if "video" in raw:
+        path, frames, stamps = _video_record(raw, base)
+        return {"clip_id": clip_id, "id_derived": raw.get("clip_id") is None,
+                "scene": str(raw.get("scene_id", raw.get("scene", "unknown"))),
+                "camera": str(raw.get("camera", "unknown")), "split": raw.get("split"), "line": line,
+                "frames": frames, "timestamps": stamps, "video": path}
     return {"clip_id": clip_id, "id_derived": raw.get("clip_id") is None,
             "scene": str(raw.get("scene_id", raw.get("scene", "unknown"))),
             "camera": str(raw.get("camera", "unknown")), "split": raw.get("split"), "line": line,
@@ -321,12 +380,40 @@ def check_frames(records, manifest_path, decode=False):
     """Raise UserError listing every unusable frame as `manifest:line: frame PATH: problem`."""
     problems = []
     for rec in records:
+        if rec.get("video"):
+            problems += _check_video(rec, manifest_path, decode)
+            continue
         for f in rec["frames"]:
             why = frame_problem(f, decode)
             if why:
                 problems.append(f"{manifest_path}:{rec['line']}: frame {f}: {why}")
     if problems:
         raise cli.UserError("\n".join(problems))
+
+
+def _check_video(rec, manifest_path, decode):
+    """[`manifest:line: video PATH: problem`] for a video clip: opens, codec, duration, its frames decode."""
+    import video
+    import_problem = None
+    try:
+        video.import_av()
+    except cli.UserError as e:
+        import_problem = str(e)
+    idx = [video.parse_ref(f)[1] for f in rec["frames"]]
+    why = import_problem or video.video_problem(rec["video"], idx, decode)
+    if not why and min(idx) < 0:
+        why = "start_s is past the end of the stream, or too few frames follow it"
+    fix = "" if import_problem else "; re-copy or re-encode the file, or drop its clips from the manifest"
+    return [f"{manifest_path}:{rec['line']}: video {rec['video']}: {why}{fix}"] if why else []
+
+
+def _video_size(path):
+    import video
+    try:
+        info = video.probe(path)
+    except OSError:
+        return "unreadable video"
+    return f"{info['width']}x{info['height']} {info['codec']} {info['duration_s']:.1f} s video"
 
 
 def manifest_fingerprint(records):
@@ -682,6 +769,73 @@ def frames_manifest(args):
                    *split_chooser(args.split, {}, {r["scene_id"] for r in rows}, args.seed))
 
 
+# ---- folders of videos ----
+
+def resampled(info, fps):
+    """Indices of the frames kept when the stream is resampled to `fps` (by presentation time; None: all)."""
+    pts, tb = info["pts"], info["time_base"]
+    if not fps:
+        return list(range(len(pts)))
+    kept, tick = [], -1
+    for i, p in enumerate(pts):
+        t = int((p - pts[0]) * tb * fps + 1e-6)
+        if t > tick:
+            kept.append(i)
+            tick = t
+    return kept
+
+
+def video_files(videos_dir):
+    """(scene, camera, path) per file: VIDEOS_DIR/FILE (scene = file name, camera unknown) and
+    VIDEOS_DIR/SCENE/CAMERA.ext (camera = file name), naturally sorted; hidden files are ignored."""
+    root = Path(videos_dir)
+    if not root.is_dir():
+        raise cli.UserError(f"{root}: videos folder not found (VIDEOS_DIR= a folder of video files)")
+    visible = lambda p: sorted((q for q in p.iterdir() if not q.name.startswith(".")),
+                               key=lambda q: natural_key(q.name))
+    for entry in visible(root):
+        if entry.is_file():
+            yield entry.stem, "unknown", entry
+        elif entry.is_dir():
+            for f in visible(entry):
+                if f.is_file():
+                    yield entry.name, f.stem, f
+
+
+def videos_manifest(args):
+    """`videos` command: video files -> clips of --frames frames every --stride (after --fps) -> --output."""
+    import video
+    check_window(args.frames, args.stride)
+    if args.fps is not None and args.fps <= 0:
+        raise cli.UserError(f"--fps {args.fps}: must be > 0 (leave FPS= out to keep every frame)")
+    video.import_av()
+    out_dir = os.path.dirname(os.path.abspath(args.output))
+    rows, skipped = [], []
+    for scene, camera, path in video_files(args.videos_dir):
+        if not video.is_video_path(path):
+            skipped.append(f"{path}: not a video file (extension {path.suffix or 'none'})")
+            continue
+        try:
+            info = video.probe(str(path))
+        except OSError as e:
+            skipped.append(f"{path}: {e}")
+            continue
+        items = resampled(info, args.fps)
+        seq = {"scene": scene, "camera": camera, "label": str(path), "items": items}
+        for _, start, window in cut([seq], args.frames, args.stride):
+            rows.append({"clip_id": f"{scene}__{camera}__{window[0]:06d}", "split": None, "scene_id": scene,
+                         "camera": camera, "video": manifest_path(path, out_dir), "frame_indices": window,
+                         "timestamps": video.timestamps_us(str(path), window)})
+    for line in skipped[:MAX_LISTED]:
+        print(f"warning: skipped {line}", file=sys.stderr)
+    if len(skipped) > MAX_LISTED:
+        print(f"warning: ... and {len(skipped) - MAX_LISTED} more skipped file(s)", file=sys.stderr)
+    write_manifest(args.output, rows,
+                   *split_chooser(args.split, {}, {r["scene_id"] for r in rows}, args.seed))
+    print(f"videos: {len({r['video'] for r in rows})} used, {len(skipped)} skipped (not video or unreadable)"
+          f", {'every frame' if not args.fps else f'resampled to {args.fps:g} fps'}")
+
+
 # ---- check ----
 
 def image_header(path):
@@ -700,7 +854,11 @@ def check_manifest(args):
     warnings, status, sizes, owner = [], {}, Counter(), {}
     for rec in records:
         where = f"{args.manifest}:{rec['line']}"
-        for f in rec["frames"]:
+        if rec.get("video"):
+            errors += _check_video(rec, args.manifest, decode=True)
+            status.setdefault(rec["video"], None)
+            sizes.update([_video_size(rec["video"])])
+        for f in ([] if rec.get("video") else rec["frames"]):
             if f not in status:  # overlapping clips share frames: decode each file once
                 status[f] = frame_problem(f, decode=True)
                 if status[f] is None:
@@ -738,7 +896,7 @@ def check_manifest(args):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True, help="nuscenes, frames or check")
+    sub = p.add_subparsers(dest="command", required=True, help="nuscenes, frames, videos or check")
 
     def window_flags(q):
         q.add_argument("--frames", type=int, default=16, help="frames per clip (at least one tubelet)")
@@ -761,6 +919,10 @@ def parse_args(argv=None):
     f.add_argument("--frames-dir", required=True, nargs="+",
                    help="folder(s) of scene folders (optionally scene/camera/); several: one manifest")
     window_flags(f)
+    v = sub.add_parser("videos", help="clips from a folder of video files (one scene per file)")
+    v.add_argument("--videos-dir", required=True, help="folder of videos (FILE or SCENE/CAMERA.mp4)")
+    v.add_argument("--fps", type=float, help="resample each stream to this rate first (default: every frame)")
+    window_flags(v)
     c = sub.add_parser("check", help="validate a manifest and its frames before encoding")
     c.add_argument("--manifest", required=True, help="JSONL manifest to check")
     c.add_argument("--data-root",
@@ -773,7 +935,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     return {"nuscenes": nuscenes_manifest, "frames": frames_manifest,
-            "check": check_manifest}[args.command](args)
+            "videos": videos_manifest, "check": check_manifest}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -121,6 +121,8 @@ def read_selection(path):
 
 def load_small(path, box=PREVIEW_BOX):
     """The image at `path` fitted into `box` (RGB), or None when it is missing or unreadable."""
+    if "#frame=" in str(path):  # a frame of a video (video.py): decoded from the file
+        return _video_small(path, box)
     if cli.special_file_problem(path):  # a FIFO would block forever: only regular files are opened
         return None
     try:
@@ -131,6 +133,17 @@ def load_small(path, box=PREVIEW_BOX):
             return im
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         return None
+
+
+def _video_small(path, box):
+    import video
+    where = video.parse_ref(path)
+    try:
+        im = video.read_frame(*where)
+    except (OSError, cli.UserError):
+        return None
+    im.thumbnail(box)
+    return im
 
 
 def jpeg_uri(im):

@@ -13,9 +13,9 @@ following along would. Stand-ins, so that no example needs the network, a GPU or
 - the real encoder: the demo's tiny random V-JEPA 2, installed in a Hugging Face cache (HF_HOME) under the hub
   id facebook/vjepa2-vitl-fpc64-256, and copied to /models/vjepa2-vitl-fpc64-256's stand-in folder;
 - /data/nuscenes: a small v1.0-mini tree (2 scenes, 6 cameras, 20 key frames each); /data/drives: 3 folders of
-  frames; data/train.jsonl, data/val.jsonl (+ data/val_labels.jsonl), data/fleet.jsonl and
-  data/manifest.jsonl: the demo's synthetic drives (manifest.jsonl is the fleet, a manifest other than
-  train.jsonl);
+  frames; /data/videos: 2 H.264 MP4s (SCENE/front.mp4, 80 frames at 10 fps, made with PyAV);
+  data/train.jsonl, data/val.jsonl (+ data/val_labels.jsonl), data/fleet.jsonl and data/manifest.jsonl: the
+  demo's synthetic drives (manifest.jsonl is the fleet, a manifest other than train.jsonl);
 - ../shared: a link to this checkout's ../shared when there is one.
 Absolute paths above are rewritten to their stand-ins; placeholders (`...`, `best.pt`, `fleet.jsonl`) are
 filled from SUBSTITUTIONS; commands that cannot run here are in SKIP with the reason. A command left with a
@@ -199,6 +199,24 @@ def fake_drives(root, scenes=3, frames=32):
             jpeg(root / f"drive_{s:02d}" / f"frame_{f}.jpg", 30 + 6 * f)
 
 
+def fake_videos(root, scenes=2, frames=80):
+    """/data/videos: SCENE/front.mp4 files, H.264 at 10 fps written with PyAV (skipped when av is missing)."""
+    try:
+        import av
+        import numpy as np
+    except ImportError:
+        return
+    for s in range(scenes):
+        (root / f"drive_{s:02d}").mkdir(parents=True, exist_ok=True)
+        with av.open(str(root / f"drive_{s:02d}" / "front.mp4"), "w") as c:
+            stream = c.add_stream("libx264", rate=10)
+            stream.width, stream.height = 64, 48
+            for f in range(frames):
+                rgb = np.full((48, 64, 3), (30 + 2 * f, 120, 90 + 40 * s), np.uint8)
+                c.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+            c.mux(stream.encode())
+
+
 def checkout_copy(dest):
     """Copy the working tree's tracked and untracked, not ignored files (what a commit of it would hold)."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True,
@@ -219,7 +237,9 @@ def stand_ins(tmp, fast):
         (tmp / "shared").symlink_to(ROOT.parent / "shared")
     fake_nuscenes(tmp / "nuscenes")
     fake_drives(tmp / "drives")
-    paths = {"/data/nuscenes": tmp / "nuscenes", "/data/drives": tmp / "drives"}
+    fake_videos(tmp / "videos")
+    paths = {"/data/nuscenes": tmp / "nuscenes", "/data/drives": tmp / "drives",
+             "/data/videos": tmp / "videos"}
     env = dict(os.environ, PYTHON=sys.executable, HF_HOME=str(tmp / "hf-home"), HF_HUB_OFFLINE="1",
                OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), CUDA_VISIBLE_DEVICES="")
     for key in ("HF_HUB_CACHE", "TRANSFORMERS_CACHE", "MANIFEST", "RUN", "CKPT", "OUT", "ENCODER", "ARGS"):

@@ -97,3 +97,11 @@ def test_select_similar_and_report_write_next_to_the_scores():
                                 ("report", [], "report.html")):
         out = dry_run(target, "SCORES=runs/b/scores.jsonl", *extra)
         assert f"--output runs/b/{name}" in out, out
+
+
+def test_manifest_from_videos():
+    out = " ".join(dry_run("manifest", "VIDEOS_DIR=/data/videos", "FPS=4", "FRAMES=8", "OUT=m.jsonl").split())
+    assert "manifest.py videos --videos-dir /data/videos --fps 4 --frames 8 --output m.jsonl" in out
+    proc = subprocess.run(["make", "-n", "PYTHON=py", "manifest", "VIDEOS_DIR=v", "FRAMES_DIR=f"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert "pass one of NUSCENES=" in proc.stdout + proc.stderr

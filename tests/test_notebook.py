@@ -269,3 +269,32 @@ def test_data_cell_extracts_or_copies_once(monkeypatch, tmp_path, capsys):
     cells, ns = cell_namespace(monkeypatch, DATA_SOURCE=str(tmp_path / "nothing.tar"), LOCAL_DATA=str(local))
     with pytest.raises(FileNotFoundError, match="no such archive or folder"):
         exec(cells["data"], ns)
+
+
+def test_manifest_cell_builds_video_manifests(monkeypatch, tmp_path):
+    """Step 7 with DATA_KIND=videos (and FPS): manifest.py videos runs on the local copy; the val manifest
+    holds the val clips, which point into the video files."""
+    av = pytest.importorskip("av")
+    import numpy as np
+    local = tmp_path / "local"
+    for scene in ("drive_a", "drive_b"):
+        (local / "videos" / scene).mkdir(parents=True)
+        c = av.open(str(local / "videos" / scene / "front.mp4"), "w")
+        s = c.add_stream("libx264", rate=10)
+        s.width, s.height = 32, 32
+        for i in range(20):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), i * 10, np.uint8), format="rgb24")
+            for p in s.encode(frame):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+        c.close()
+    cells, ns = cell_namespace(monkeypatch, DATA_KIND="videos", LOCAL_DATA=str(local), DATA_SUBDIR="videos",
+                               FRAMES=4, STRIDE=4, FPS="5", SEED=0, DATA_ROOT="", SCORE_MANIFEST="",
+                               LABELS="", REPO_DIR=str(ROOT))
+    exec(cells["manifests"], ns)
+    rows = [json.loads(x) for x in Path(ns["MANIFEST"]).read_text().splitlines()]
+    assert len(rows) == 4 and rows[0]["video"] == "../videos/drive_a/front.mp4"
+    assert rows[0]["frame_indices"] == [0, 2, 4, 6] and rows[0]["camera"] == "front"
+    val = [json.loads(x) for x in Path(ns["VAL_MANIFEST"]).read_text().splitlines()]
+    assert val and {r["split"] for r in val} == {"val"}
