@@ -212,7 +212,8 @@ def cell_namespace(monkeypatch, **names):
 
 def test_colab_installs_only_what_is_missing_or_must_match(monkeypatch, tmp_path):
     """The code cell's Colab branch (simulated, nothing installed): Colab's torch/torchvision, numpy, pillow,
-    pyyaml and tqdm are kept whatever their versions; a missing package and a transformers other than the pin
+    pyyaml and tqdm are kept whatever their versions; missing packages (pytest, av) and a transformers other
+    than the pin
     (checkpoint fingerprints depend on it) are installed at the tested pins."""
     calls = []
     colab = {"torch": "2.9.0+cu126", "torchvision": "0.24.0+cu126", "numpy": "2.0.2", "pillow": "11.3.0",
@@ -224,8 +225,9 @@ def test_colab_installs_only_what_is_missing_or_must_match(monkeypatch, tmp_path
     assert ns["REPO_DIR"] == str(ROOT)  # the notebook's own checkout: no clone, no pull
     pins = dict(line.split("==") for line in (ROOT / "requirements.txt").read_text().split() if "==" in line)
     assert calls == [[sys.executable, "-m", "pip", "install", "-q", f"transformers=={pins['transformers']}",
-                      f"pytest=={pins['pytest']}"]]
+                      f"pytest=={pins['pytest']}", f"av=={pins['av']}"]]  # av: video input
     colab["transformers"], colab["pytest"] = pins["transformers"], "8.3.5"  # all there: nothing to install
+    colab["av"] = "14.0.0"
     calls.clear()
     exec(cells["code"], ns)
     assert calls == []
