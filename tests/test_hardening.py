@@ -295,3 +295,54 @@ def test_check_warns_about_exif_rotated_frames(tmp_path):
     assert proc.returncode == 0
     warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "rotated.jpg: EXIF orientation 6 is ignored" in warnings[0]
+
+
+def test_queue_keeps_no_pixels_of_encoded_slices_so_a_long_clip_stays_flat(monkeypatch):
+    crop, t, batch = 256, 2, 12  # the real encoder's processor crop
+
+    def slices(frames):  # one clip of `frames` frames, as the loader hands it over after the processor
+        tubelets = frames // t
+        for start in range(0, tubelets, jepa.SLICE_TUBELETS):
+            n = min(jepa.SLICE_TUBELETS, tubelets - start)
+            yield jepa.TubeletSlice(0, start, start + n == tubelets, torch.rand(n, t, 3, crop, crop),
+                                    torch.rand(n, t, 3, crop, crop), torch.full((n,), 0.75), None)
+
+    def pixel_bytes(obj, seen):  # bytes of 5-d (pixel) tensors reachable from the queue's state
+        if isinstance(obj, torch.Tensor):
+            storage = obj.untyped_storage()
+            if obj.dim() == 5 and storage.data_ptr() not in seen:
+                seen.add(storage.data_ptr())
+                return storage.nbytes()
+            return 0
+        if isinstance(obj, (list, tuple, deque_type)):
+            return sum(pixel_bytes(x, seen) for x in obj)
+        return 0
+
+    deque_type = type(jepa.deque())
+    peak = [0]
+
+    class Probe(jepa._EncodeQueue):
+        def measure(self):
+            peak[0] = max(peak[0], pixel_bytes(list(vars(self).values()), set()))
+
+        def add(self, item):
+            super().add(item)
+            self.measure()
+
+        def finished_clips(self):  # after a slice is added and full batches are encoded
+            self.measure()
+            yield from super().finished_clips()
+
+    def encoder(x):
+        return x.mean(dim=(1, 2, 3, 4))[:, None].expand(-1, 16).clone()
+
+    monkeypatch.setattr(jepa, "_EncodeQueue", Probe)
+    peaks = {}
+    for frames in (16, 256):
+        monkeypatch.setattr(jepa, "make_loader", lambda dataset, workers, f=frames: slices(f))
+        peak[0] = 0
+        (clip,) = jepa.encode_stream(encoder, None, batch, 0)
+        assert len(clip.clean_emb) == len(clip.mask_frac) == frames // t
+        peaks[frames] = peak[0]
+    # 16 frames: one slice of 8 tubelets; 256: fewer than batch + 8 wait, never the clip's 128
+    assert peaks[16] > 0 and peaks[256] <= 3 * peaks[16], peaks
