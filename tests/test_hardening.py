@@ -346,3 +346,46 @@ def test_queue_keeps_no_pixels_of_encoded_slices_so_a_long_clip_stays_flat(monke
         peaks[frames] = peak[0]
     # 16 frames: one slice of 8 tubelets; 256: fewer than batch + 8 wait, never the clip's 128
     assert peaks[16] > 0 and peaks[256] <= 3 * peaks[16], peaks
+
+
+# ---- 6. error lists are capped and summarised by kind ----
+
+def test_check_on_5000_missing_frames_is_capped_and_says_where(tmp_path):
+    rows = [{"clip_id": f"c{i}", "frame_paths": [f"/mnt/fleet/drive{i % 3}/f{i}_{k}.jpg" for k in range(2)]}
+            for i in range(2500)]
+    proc = run_script("manifest.py", "check", "--manifest", write_jsonl(tmp_path / "m.jsonl", rows))
+    lines = proc.stderr.splitlines()
+    assert proc.returncode == 1 and len(lines) < 50 and "Traceback" not in proc.stderr
+    assert "error: ... and 4,980 more of the same kind, e.g. " in proc.stderr
+    assert "error: 5,000 frame(s) not found under /mnt/fleet/: is it mounted?" in lines
+    with pytest.raises(cli.UserError) as e:  # train.py and eval.py share the cap
+        check_frames(read_manifest(tmp_path / "m.jsonl"), tmp_path / "m.jsonl")
+    message = str(e.value)
+    assert len(message.splitlines()) < 50 and "5,000 frame(s) not found under /mnt/fleet/" in message
+
+
+def test_frames_resolved_against_the_wrong_root_name_the_right_one(tmp_path):
+    data = tmp_path / "nuscenes" / "samples" / "CAM_FRONT"
+    data.mkdir(parents=True)
+    rows = []
+    for i in range(30):
+        names = [f"samples/CAM_FRONT/f{i}_{k}.jpg" for k in range(2)]
+        for name in names:
+            Image.new("RGB", (8, 8)).save(tmp_path / "nuscenes" / name)
+        rows.append({"clip_id": f"c{i}", "frame_paths": names})
+    manifest = write_jsonl(tmp_path / "m.jsonl", rows)  # relative to the data root, checked without it
+    with pytest.raises(cli.UserError, match=rf"60 frame\(s\) not found under {tmp_path}/samples/CAM_FRONT/: "
+                                             rf"the frames are under {tmp_path}/nuscenes: "
+                                             rf"pass DATA_ROOT={tmp_path}/nuscenes"):
+        check_frames(read_manifest(manifest), manifest)
+    check_frames(read_manifest(manifest, tmp_path / "nuscenes"), manifest)  # with it: fine
+
+
+def test_5000_bad_label_lines_are_capped_and_counted(tmp_path):
+    labels = write_jsonl(tmp_path / "l.jsonl",
+                         [{"clip_id": f"c{i}", "binary_label": "yes"} for i in range(5000)])
+    with pytest.raises(cli.UserError) as e:
+        evaluation.read_labels(labels)
+    lines = str(e.value).splitlines()
+    assert len(lines) < 50 and lines[0] == f"{labels}:1: binary_label must be 0, 1 or null, got 'yes'"
+    assert lines[-1].startswith(f"... and 4,980 more of the same kind, e.g. {labels}:21: binary_label")
