@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 import cli
 import scorefile
-from manifest import check_frames, read_jsonl, read_manifest
+from manifest import check_frames, raise_problems, read_jsonl, read_manifest
 
 
 def read_labels(path):
@@ -32,7 +32,7 @@ def read_labels(path):
                 if "binary_label" not in obj or isinstance(obj["binary_label"], bool)
                 or obj["binary_label"] not in (0, 1, None) or isinstance(obj["binary_label"], float)]
     if problems:
-        raise cli.UserError("\n".join(problems))
+        raise_problems(problems)  # capped: the first MAX_LISTED, then counted by kind
     return {obj["clip_id"]: obj["binary_label"] for _, obj in rows}
 
 

@@ -378,25 +378,28 @@ class _EncodeQueue:
 
     def __init__(self, encoder):
         self.encoder = encoder
-        self.slices = deque()  # TubeletSlice items whose embeddings are not all handed out yet
+        self.slices = deque()  # TubeletSlices (pixels dropped) whose embeddings are not all handed out yet
         self.pixels = []       # [(clean, masked)] pixel tensors not encoded yet, in order
         self.pending = 0       # tubelets in self.pixels
         self.embs = []         # [(clean_emb, masked_emb)] encoded and not handed out, in order
         self.encoded = 0       # tubelets in self.embs
-        self.clip_parts = []   # (slice, clean_emb, masked_emb) of the clip being completed
+        self.clip_parts = []   # (slice without pixels, clean_emb, masked_emb) of the clip being completed
 
     def add(self, item):
-        self.slices.append(item)
+        """Queue a slice's pixels for the encoder; the slice itself is kept without them (index, mask
+        fractions, error), so a long clip holds only its embeddings until it is complete."""
         if item.error is None:
             self.pixels.append((item.clean, item.masked))
             self.pending += len(item.mask_frac)
+        self.slices.append(item._replace(clean=None, masked=None))
 
     def encode(self, n):
         """Encode the next n pending tubelets, clean and masked views in one encoder call."""
         clean, masked = torch.cat([c for c, _ in self.pixels]), torch.cat([m for _, m in self.pixels])
         emb = self.encoder(torch.cat([clean[:n], masked[:n]])).cpu()
         self.embs.append((emb[:n], emb[n:]))
-        self.pixels = [(clean[n:], masked[n:])] if n < len(clean) else []
+        # the rest copied, so the concatenation (already encoded pixels) is freed now, not at the next encode
+        self.pixels = [(clean[n:].clone(), masked[n:].clone())] if n < len(clean) else []
         self.pending -= n
         self.encoded += n
 

@@ -57,7 +57,7 @@ IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 # ---- reading manifests (train.py, eval.py, infer.py and check use these) ----
 
 # problems listed one per line before the rest are counted: a broken 1M-line file stays readable
-MAX_LISTED = 100
+MAX_LISTED = 20
 DERIVED_ID_RULE = ("a line without clip_id gets SCENE__CAMERA__HASH, HASH = the first 10 hex digits of the "
                    "SHA-1 of its frame list as JSON; the id also seeds the clip's masks, "
                    "so ids must be stable")
@@ -185,11 +185,104 @@ def _input_file(path, what, hint):
         raise cli.UserError(f"{path}: {what} {'not found' if problem == 'file not found' else problem}{hint}")
 
 
+def problem_kind(message):
+    """What a `file:line: ...` problem is about, without the place and the values: the key problems are
+    grouped by."""
+    kind = re.sub(r"^.*?:\d+: ", "", message)
+    kind = re.split(r" \(|, got |: not |\d", kind)[0]
+    return kind.strip(" :") or "problem"
+
+
+class Problems:
+    """A capped list of problems, fed one at a time (a broken 1M-line file or an unmounted disk keeps only
+    MAX_LISTED lines here): lines() gives the first MAX_LISTED, then per kind "... and M more of the same
+    kind, e.g. ...", then, past the cap, one summary line per kind of frame problem (add_frame)."""
+
+    def __init__(self, limit=MAX_LISTED):
+        self.limit, self.listed, self.count = limit, [], 0
+        self.kinds, self.listed_kinds = Counter(), Counter()
+        self.example = {}    # kind -> first problem of that kind not listed
+        self.frames = {}     # frame problem kind -> [count, common folder, first path]
+
+    def add(self, message, kind=None):
+        kind = kind or problem_kind(message)
+        self.count += 1
+        self.kinds[kind] += 1
+        if len(self.listed) < self.limit:
+            self.listed.append(message)
+            self.listed_kinds[kind] += 1
+        else:
+            self.example.setdefault(kind, message)
+
+    def add_frame(self, where, path, why):
+        """`where: frame PATH: why`, grouped by why (without its details) and counted per folder."""
+        kind = "missing" if why == "file not found" else why.split(" (")[0]
+        self.add(f"{where}: frame {path}: {why}", f"frame {kind}")
+        folder = os.path.dirname(path)
+        entry = self.frames.setdefault(kind, [0, folder, path])
+        entry[0] += 1
+        if entry[1] and folder != entry[1] and not folder.startswith(entry[1] + os.sep):
+            try:
+                entry[1] = os.path.commonpath([entry[1], folder])
+            except ValueError:  # absolute and relative paths mixed
+                entry[1] = ""
+
+    def __len__(self):
+        return self.count
+
+    def lines(self, frames_total=None):
+        out = list(self.listed)
+        for kind, message in self.example.items():
+            out.append(f"... and {self.kinds[kind] - self.listed_kinds[kind]:,} more of the same kind, "
+                       f"e.g. {message}")
+        if self.count > self.limit:
+            out += [_frame_summary(kind, *entry, frames_total) for kind, entry in self.frames.items()]
+        return out
+
+    def raise_if_any(self, tail=(), code=2, frames_total=None):
+        if self.count:
+            raise cli.UserError("\n".join(self.lines(frames_total) + list(tail)), code=code)
+
+
+def _data_root_hint(path):
+    """DATA_ROOT=<folder> when the part of a missing frame's path from samples/ or sweeps/ on exists under
+    an ancestor of it (or one of that ancestor's sub-folders), else None: a manifest resolved against the
+    wrong root."""
+    parts = Path(path).parts
+    at = next((i for i, p in enumerate(parts) if p in ("samples", "sweeps")), None)
+    if at is None:
+        return None
+    tail, wrong = Path(*parts[at:]), Path(*parts[:at]) if at else Path(".")
+    for ancestor in [wrong, *wrong.parents]:
+        try:
+            children = sorted(c for c in ancestor.iterdir() if c.is_dir())[:100]
+        except OSError:
+            continue
+        for root in [ancestor, *children]:
+            if root != wrong and (root / tail).is_file():
+                return str(root)
+    return None
+
+
+def _frame_summary(kind, n, folder, first, frames_total):
+    """One by-kind summary line, e.g. "4,998 frame(s) missing under /mnt/fleet/: is it mounted?"."""
+    where = f" under {folder.rstrip(os.sep)}{os.sep}" if folder else ""
+    line = f"{n:,} frame(s) {'not found' if kind == 'missing' else kind}{where}"
+    if kind != "missing":
+        return line
+    root = _data_root_hint(first) if frames_total is None or n * 2 > frames_total else None
+    if root:
+        return f"{line}: the frames are under {root}: pass DATA_ROOT={root}"
+    return line + (": is it mounted?" if folder and not os.path.isdir(folder) else "")
+
+
 def raise_problems(problems, count=None):
-    """UserError listing the first MAX_LISTED problems (one per line) and counting the rest."""
-    count = len(problems) if count is None else count
-    more = [f"... and {count - MAX_LISTED} more problem(s)"] if count > MAX_LISTED else []
-    raise cli.UserError("\n".join(problems[:MAX_LISTED] + more))
+    """UserError listing the first MAX_LISTED problems (one per line), then counting the rest by kind."""
+    listing = Problems()
+    for problem in problems:
+        listing.add(problem)
+    extra = (len(problems) if count is None else count) - len(problems)
+    listing.raise_if_any([f"... and {extra:,} more problem(s)"] if extra > 0 else [])
 
 
 def read_jsonl(path, what, hint=""):
@@ -377,18 +470,18 @@ def frame_problem(path, decode=False):
 
 
 def check_frames(records, manifest_path, decode=False):
-    """Raise UserError listing every unusable frame as `manifest:line: frame PATH: problem`."""
-    problems = []
+    """Raise UserError listing unusable frames as `manifest:line: frame PATH: problem` (capped, by kind)."""
+    problems, total = Problems(), 0
     for rec in records:
         if rec.get("video"):
             problems += _check_video(rec, manifest_path, decode)
             continue
         for f in rec["frames"]:
+            total += 1
             why = frame_problem(f, decode)
             if why:
-                problems.append(f"{manifest_path}:{rec['line']}: frame {f}: {why}")
-    if problems:
-        raise cli.UserError("\n".join(problems))
+                problems.add_frame(f"{manifest_path}:{rec['line']}", f, why)
+    problems.raise_if_any(frames_total=total)
 
 
 def _check_video(rec, manifest_path, decode):
@@ -850,8 +943,10 @@ def check_manifest(args):
     if not args.manifest:
         raise cli.UserError("--manifest: pass MANIFEST=path/to/clips.jsonl")
     tubelet = args.tubelet_size or cli.load_config()["data"]["tubelet_size"]
-    records, errors = parse_manifest(args.manifest, args.data_root, tubelet)
-    warnings, status, sizes, owner = [], {}, Counter(), {}
+    records, parse_errors = parse_manifest(args.manifest, args.data_root, tubelet)
+    errors, warnings, status, sizes, owner = Problems(), Problems(), {}, Counter(), {}
+    for e in parse_errors:
+        errors.add(e)
     for rec in records:
         where = f"{args.manifest}:{rec['line']}"
         if rec.get("video"):
@@ -866,14 +961,15 @@ def check_manifest(args):
                     sizes[size] += 1
                     # the research pipeline never transposes: such a frame is fed sideways
                     if orientation != 1:
-                        warnings.append(f"{where}: frame {f}: EXIF orientation {orientation} is ignored "
-                                        "(frames are used as stored); rotate the file if it is meant upright")
+                        warnings.add(f"{where}: frame {f}: EXIF orientation {orientation} is ignored "
+                                     "(frames are used as stored); rotate the file if it is meant upright",
+                                     "EXIF orientation ignored")
             if status[f]:
-                errors.append(f"{where}: frame {f}: {status[f]}")
+                errors.add_frame(where, f, status[f])
         earlier = [owner[f] for f in rec["frames"] if owner.get(f, rec) is not rec]
         if earlier:  # fine for overlapping windows (stride < frames), a mistake otherwise
-            warnings.append(f"{where}: {len(earlier)} frame(s) also in clip {earlier[0]['clip_id']!r} "
-                            f"(line {earlier[0]['line']})")
+            warnings.add(f"{where}: {len(earlier)} frame(s) also in clip {earlier[0]['clip_id']!r} "
+                         f"(line {earlier[0]['line']})", "frames also in another clip")
         for f in rec["frames"]:
             owner.setdefault(f, rec)
     splits = Counter(r["split"] or "no split (drawn at training)" for r in records)
@@ -886,11 +982,10 @@ def check_manifest(args):
     derived = sum(r["id_derived"] for r in records)
     if derived:
         print(f"clip ids: {derived} of {len(records)} derived ({DERIVED_ID_RULE})")
-    for w in warnings:
+    for w in warnings.lines():
         print(f"warning: {w}", file=sys.stderr)
-    if errors:
-        raise cli.UserError("\n".join(errors + [f"{len(errors)} error(s), {len(warnings)} warning(s): "
-                                                 f"fix the errors before encoding"]), code=1)
+    errors.raise_if_any([f"{len(errors):,} error(s), {len(warnings):,} warning(s): fix the errors before "
+                         f"encoding"], code=1, frames_total=sum(len(r["frames"]) for r in records))
     print(f"OK: no errors, {len(warnings)} warning(s)")
 
 

@@ -295,3 +295,97 @@ def test_check_warns_about_exif_rotated_frames(tmp_path):
     assert proc.returncode == 0
     warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "rotated.jpg: EXIF orientation 6 is ignored" in warnings[0]
+
+
+def test_queue_keeps_no_pixels_of_encoded_slices_so_a_long_clip_stays_flat(monkeypatch):
+    crop, t, batch = 256, 2, 12  # the real encoder's processor crop
+
+    def slices(frames):  # one clip of `frames` frames, as the loader hands it over after the processor
+        tubelets = frames // t
+        for start in range(0, tubelets, jepa.SLICE_TUBELETS):
+            n = min(jepa.SLICE_TUBELETS, tubelets - start)
+            yield jepa.TubeletSlice(0, start, start + n == tubelets, torch.rand(n, t, 3, crop, crop),
+                                    torch.rand(n, t, 3, crop, crop), torch.full((n,), 0.75), None)
+
+    def pixel_bytes(obj, seen):  # bytes of 5-d (pixel) tensors reachable from the queue's state
+        if isinstance(obj, torch.Tensor):
+            storage = obj.untyped_storage()
+            if obj.dim() == 5 and storage.data_ptr() not in seen:
+                seen.add(storage.data_ptr())
+                return storage.nbytes()
+            return 0
+        if isinstance(obj, (list, tuple, deque_type)):
+            return sum(pixel_bytes(x, seen) for x in obj)
+        return 0
+
+    deque_type = type(jepa.deque())
+    peak = [0]
+
+    class Probe(jepa._EncodeQueue):
+        def measure(self):
+            peak[0] = max(peak[0], pixel_bytes(list(vars(self).values()), set()))
+
+        def add(self, item):
+            super().add(item)
+            self.measure()
+
+        def finished_clips(self):  # after a slice is added and full batches are encoded
+            self.measure()
+            yield from super().finished_clips()
+
+    def encoder(x):
+        return x.mean(dim=(1, 2, 3, 4))[:, None].expand(-1, 16).clone()
+
+    monkeypatch.setattr(jepa, "_EncodeQueue", Probe)
+    peaks = {}
+    for frames in (16, 256):
+        monkeypatch.setattr(jepa, "make_loader", lambda dataset, workers, f=frames: slices(f))
+        peak[0] = 0
+        (clip,) = jepa.encode_stream(encoder, None, batch, 0)
+        assert len(clip.clean_emb) == len(clip.mask_frac) == frames // t
+        peaks[frames] = peak[0]
+    # 16 frames: one slice of 8 tubelets; 256: fewer than batch + 8 wait, never the clip's 128
+    assert peaks[16] > 0 and peaks[256] <= 3 * peaks[16], peaks
+
+
+# ---- 6. error lists are capped and summarised by kind ----
+
+def test_check_on_5000_missing_frames_is_capped_and_says_where(tmp_path):
+    rows = [{"clip_id": f"c{i}", "frame_paths": [f"/mnt/fleet/drive{i % 3}/f{i}_{k}.jpg" for k in range(2)]}
+            for i in range(2500)]
+    proc = run_script("manifest.py", "check", "--manifest", write_jsonl(tmp_path / "m.jsonl", rows))
+    lines = proc.stderr.splitlines()
+    assert proc.returncode == 1 and len(lines) < 50 and "Traceback" not in proc.stderr
+    assert "error: ... and 4,980 more of the same kind, e.g. " in proc.stderr
+    assert "error: 5,000 frame(s) not found under /mnt/fleet/: is it mounted?" in lines
+    with pytest.raises(cli.UserError) as e:  # train.py and eval.py share the cap
+        check_frames(read_manifest(tmp_path / "m.jsonl"), tmp_path / "m.jsonl")
+    message = str(e.value)
+    assert len(message.splitlines()) < 50 and "5,000 frame(s) not found under /mnt/fleet/" in message
+
+
+def test_frames_resolved_against_the_wrong_root_name_the_right_one(tmp_path):
+    data = tmp_path / "nuscenes" / "samples" / "CAM_FRONT"
+    data.mkdir(parents=True)
+    rows = []
+    for i in range(30):
+        names = [f"samples/CAM_FRONT/f{i}_{k}.jpg" for k in range(2)]
+        for name in names:
+            Image.new("RGB", (8, 8)).save(tmp_path / "nuscenes" / name)
+        rows.append({"clip_id": f"c{i}", "frame_paths": names})
+    manifest = write_jsonl(tmp_path / "m.jsonl", rows)  # relative to the data root, checked without it
+    with pytest.raises(cli.UserError, match=rf"60 frame\(s\) not found under {tmp_path}/samples/CAM_FRONT/: "
+                                             rf"the frames are under {tmp_path}/nuscenes: "
+                                             rf"pass DATA_ROOT={tmp_path}/nuscenes"):
+        check_frames(read_manifest(manifest), manifest)
+    check_frames(read_manifest(manifest, tmp_path / "nuscenes"), manifest)  # with it: fine
+
+
+def test_5000_bad_label_lines_are_capped_and_counted(tmp_path):
+    labels = write_jsonl(tmp_path / "l.jsonl",
+                         [{"clip_id": f"c{i}", "binary_label": "yes"} for i in range(5000)])
+    with pytest.raises(cli.UserError) as e:
+        evaluation.read_labels(labels)
+    lines = str(e.value).splitlines()
+    assert len(lines) < 50 and lines[0] == f"{labels}:1: binary_label must be 0, 1 or null, got 'yes'"
+    assert lines[-1].startswith(f"... and 4,980 more of the same kind, e.g. {labels}:21: binary_label")
