@@ -11,7 +11,6 @@ per line) it adds a `ranking` block comparing the trained score with the masked_
 """
 import argparse
 import json
-import math
 import sys
 from collections import defaultdict
 
@@ -21,6 +20,7 @@ from tqdm import tqdm
 import cli
 import jepa
 from manifest import check_frames, read_jsonl, read_manifest
+from ranking import rank_order, random_baseline, ranking_metrics, ranking_table  # noqa: F401 (re-exported)
 
 
 def read_labels(path):
@@ -35,88 +35,6 @@ def read_labels(path):
     if problems:
         raise cli.UserError("\n".join(problems))
     return {obj["clip_id"]: obj["binary_label"] for _, obj in rows}
-
-
-# ---- ranking metrics (report.py and selection.py present them too) ----
-
-def rank_order(scores):
-    """Clip ids with a score, highest first; ties broken by clip_id so every run ranks identically."""
-    return sorted((c for c, s in scores.items() if s is not None), key=lambda c: (-scores[c], c))
-
-
-def _dcg(rel):
-    return sum(r / math.log2(i + 1) for i, r in enumerate(rel, 1))
-
-
-def ranking_metrics(scores, labels, k_values):
-    """AP, P@K, R@K and NDCG@K of ranking `scores` {clip_id: float | None} against `labels` {clip_id:
-    0|1|None}.
-
-    Only clips with both a score and a non-null label count; the others are removed before ranking (a null
-    label is unlabelled, never negative). P@K divides by min(K, n labelled), so for K >= n it is the positive
-    rate. AP is non-interpolated (mean precision at each positive's rank). NDCG@K uses binary gains and a
-    log2(rank + 1) discount against the all-positives-first ranking. AP, R@K and NDCG@K are None without
-    positives; everything rate-like is None without labelled clips."""
-    rel = [labels[c] for c in rank_order(scores) if labels.get(c) is not None]
-    n, pos = len(rel), sum(rel)
-    hits, precisions = 0, []
-    for i, r in enumerate(rel, 1):
-        hits += r
-        if r:
-            precisions.append(hits / i)
-    out = {"average_precision": sum(precisions) / pos if pos else None,
-           "precision_at_k": {}, "recall_at_k": {}, "ndcg_at_k": {}, "num_labelled": n, "num_positive": pos}
-    for k in k_values:
-        found = sum(rel[:k])
-        out["precision_at_k"][str(k)] = found / min(k, n) if n else None
-        out["recall_at_k"][str(k)] = found / pos if pos else None
-        out["ndcg_at_k"][str(k)] = _dcg(rel[:k]) / _dcg([1] * min(k, pos)) if pos else None
-    return out
-
-
-def random_baseline(labels, k_values, scored):
-    """Exact expected ranking_metrics of a uniformly random ranking of the same clips.
-
-    `scored`: the scores dict (or the scored clip ids); an int (the number of scored clips) means every
-    labelled clip was scored. A random order of all scored clips puts the labelled ones in a random order,
-    so only n (labelled and scored) and the positive count matter. Expected AP is exact, not the positive
-    rate it tends to for large n: (H_n + (n - H_n)(pos - 1)/(n - 1)) / n with H_n the n-th harmonic number."""
-    if isinstance(scored, int):
-        rel = [v for v in labels.values() if v is not None]
-    else:
-        ids = [c for c in scored if not isinstance(scored, dict) or scored[c] is not None]
-        rel = [labels[c] for c in ids if labels.get(c) is not None]
-    n, pos = len(rel), sum(rel)
-    rate = pos / n if n else None
-    h_n = sum(1 / i for i in range(1, n + 1))
-    ap = (h_n + (n - h_n) * (pos - 1) / (n - 1)) / n if n > 1 else 1.0
-    out = {"average_precision": ap if pos else None,
-           "precision_at_k": {}, "recall_at_k": {}, "ndcg_at_k": {}, "num_labelled": n, "num_positive": pos}
-    for k in k_values:
-        m = min(k, n)
-        out["precision_at_k"][str(k)] = rate
-        out["recall_at_k"][str(k)] = m / n if pos else None
-        # E[DCG@K] = rate * sum of discounts; the ideal DCG is fixed, so the ratio is the exact expectation
-        out["ndcg_at_k"][str(k)] = rate * _dcg([1] * m) / _dcg([1] * min(k, pos)) if pos else None
-    return out
-
-
-def ranking_table(blocks, k_values):
-    """Fixed-width text table: one row per method (e.g. trained, masked_gap, random), AP then P/R/NDCG@K."""
-    cols = ["AP"] + [f"{m}@{k}" for k in k_values for m in ("P", "R", "NDCG")]
-    keys = [("average_precision", None)] + [(f"{m}_at_k", str(k)) for k in k_values
-                                            for m in ("precision", "recall", "ndcg")]
-    width = max([len("method")] + [len(name) for name in blocks])
-    lines = [f"{'method':<{width}}" + "".join(f"{c:>9}" for c in cols)]
-    for name, m in blocks.items():
-        vals = [m[key] if k is None else m[key].get(k) for key, k in keys]
-        lines.append(f"{name:<{width}}" + "".join(f"{'-' if v is None else f'{v:.3f}':>9}" for v in vals))
-    first = next(iter(blocks.values()), {})
-    lines.append(f"({first.get('num_labelled', 0)} labelled clips with a score, "
-                 f"{first.get('num_positive', 0)} positive; P@K divides by min(K, labelled); "
-                 "'-' = undefined without positives)")
-    return "\n".join(lines)
-
 
 
 def parse_args(argv=None):
