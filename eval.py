@@ -7,19 +7,26 @@ Usage:
 
 Writes JSON: mean/std cosine similarity of predicted vs clean embeddings over all tubelets, the no-predictor
 baseline cos(masked, clean), per-scene means, counts. With --labels ({"clip_id", "binary_label": 0|1|null}
-per line) it adds a `ranking` block comparing the trained score with the masked_gap and random baselines.
+per line) it adds a `ranking` block (ranking.compare): the trained score against the masked_gap, random,
+untrained_head (the same head freshly initialised with the run's seed) and knn_density (1 - mean top-k cosine
+of the clip embedding to the training clips' embeddings, from the run's features/ cache) baselines, AP and
+AUROC with 95% bootstrap intervals, paired differences and a verdict (README, evaluation).
 """
 import argparse
 import json
 import sys
 from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
 
 import torch
 from tqdm import tqdm
 
 import cli
 import jepa
-from manifest import check_frames, read_jsonl, read_manifest
+import ranking
+from manifest import assign_splits, check_frames, read_jsonl, read_manifest
 from ranking import rank_order, random_baseline, ranking_metrics, ranking_table  # noqa: F401 (re-exported)
 
 
@@ -65,13 +72,18 @@ class Evaluation:
         self.aggregate = aggregate
         self.pred_cos, self.masked_cos, self.per_scene = [], [], defaultdict(list)
         self.scores, self.gaps = {}, {}  # clip_id -> trained score / no-predictor baseline score
+        self.untrained, self.clip_emb, self.scene = {}, {}, {}  # clip_id -> untrained score / emb / scene
 
-    def add(self, rec, clip):
+    def add(self, rec, clip, untrained_cos=None):
         self.pred_cos.append(clip.pred_cos)
         self.masked_cos.append(clip.masked_cos)
         self.per_scene[rec["scene"]].append(clip.pred_cos)
         self.scores[rec["clip_id"]] = cli.clip_score((1 - clip.pred_cos).tolist(), self.aggregate)
         self.gaps[rec["clip_id"]] = cli.clip_score((1 - clip.masked_cos).tolist(), self.aggregate)
+        self.scene[rec["clip_id"]] = rec["scene"]
+        if untrained_cos is not None:
+            self.untrained[rec["clip_id"]] = cli.clip_score((1 - untrained_cos).tolist(), self.aggregate)
+            self.clip_emb[rec["clip_id"]] = clip.clip_emb.float().numpy()
 
     def summary(self):
         all_pred = torch.cat(self.pred_cos).double()
@@ -82,10 +94,94 @@ class Evaluation:
                               for s, v in sorted(self.per_scene.items())},
                 "num_tubelets": len(all_pred)}
 
-    def ranking(self, labels, k_values):
-        return {"trained": ranking_metrics(self.scores, labels, k_values),
-                "masked_gap": ranking_metrics(self.gaps, labels, k_values),
-                "random": random_baseline(labels, k_values, self.scores)}
+    def ranking(self, labels, k_values, knn_k=5, train_emb=None, unavailable=None, seed=0):
+        """ranking.compare over the labelled clips with a score: trained, masked_gap, random, untrained_head
+        and knn_density (reported unavailable, with the reason, when `train_emb` is None)."""
+        ids = sorted(c for c in self.scores if labels.get(c) is not None)
+        methods = {"trained": self.scores, "masked_gap": self.gaps, "random": None}
+        if self.untrained:
+            methods["untrained_head"] = self.untrained
+        arrays = {m: None if s is None else np.array([s[c] for c in ids], dtype=float)
+                  for m, s in methods.items()}
+        if train_emb is not None and ids:
+            arrays["knn_density"] = ranking.knn_density(np.stack([self.clip_emb[c] for c in ids]),
+                                                        train_emb, knn_k)
+        out = ranking.compare(arrays, np.array([labels[c] for c in ids], dtype=int), k_values,
+                              scenes=[self.scene[c] for c in ids], seed=seed, clip_ids=ids)
+        if train_emb is None:
+            out["knn_density"] = {"available": False, "reason": unavailable or "no training embeddings"}
+        else:
+            out["knn_density"]["k"] = knn_k
+        return out
+
+
+def untrained_head(scorer):
+    """The same PredictorHead class and sizes as the checkpoint's, freshly initialised with the run's seed
+    (as train.py seeds it before building the head), never trained; the global torch RNG is left as it was."""
+    m = scorer.config["model"]
+    device = next(scorer.head.parameters()).device
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(scorer.config["seed"])
+        head = jepa.PredictorHead(scorer.checkpoint["embed_dim"], m["predictor_hidden_dim"],
+                                  m["predictor_dropout"])
+    return head.to(device).eval()
+
+
+def score_with_untrained(scorer, records, head):
+    """jepa.score_clips with a second head: yields (ClipScore, untrained cos(pred, clean) or None)."""
+    dataset = jepa.JEPADataset(records, scorer.config, scorer.encoder.processor)
+    for clip in jepa.encode_stream(scorer.encoder, dataset, scorer.config["evaluation"]["batch_size"],
+                                   scorer.workers):
+        if clip.error:
+            yield jepa.ClipScore(clip.index, None, None, None, clip.error), None
+            continue
+        pred_cos, masked_cos = jepa.tubelet_cosines(scorer.head, clip.clean_emb, clip.masked_emb,
+                                                    clip.mask_frac)
+        untrained_cos, _ = jepa.tubelet_cosines(head, clip.clean_emb, clip.masked_emb, clip.mask_frac)
+        yield (jepa.ClipScore(clip.index, pred_cos, masked_cos, clip.clean_emb.mean(dim=0), None),
+               untrained_cos)
+
+
+def training_clip_embeddings(checkpoint_path, ckpt, cfg):
+    """(array (n_train, D) of the training clips' clip embeddings, None) derived from the run folder's
+    features/ cache (the mean clean tubelet embedding per training clip, the same vector as a row of
+    infer.py's OUT.emb.npy), or (None, reason) when the run folder cannot give them."""
+    run_dir = Path(checkpoint_path).parent
+    link = run_dir / "features_from.txt"
+    folders = [run_dir / "features"]
+    if link.exists():
+        source = Path(link.read_text().strip())
+        folders.append(source / "features" if (source / "features").is_dir() else source)
+    chunks = [p for f in folders for p in sorted(f.glob("chunk_*.pt"))]
+    if not chunks:
+        return None, f"no features/ cache in {run_dir} (the run folder of the checkpoint) to take the " \
+                     "training clips' embeddings from"
+    record = run_dir / "manifest.json"
+    try:
+        recorded = json.loads(record.read_text())
+        path = recorded["path"]
+        if not Path(path).is_file() or cli.file_sha256(path) != recorded["sha256"]:
+            return None, f"{path}: the training manifest of {run_dir} is gone or changed since training"
+        records = read_manifest(path, cfg["data"]["root"], cfg["data"]["tubelet_size"])
+    except cli.UserError as e:
+        return None, f"cannot read the training manifest: {e}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, f"{record}: missing or unreadable, so the training clips are unknown"
+    splits = assign_splits(records, cfg["seed"], cfg["data"]["val_fraction"],
+                           cfg["data"]["use_manifest_split"])
+    train_ids = {r["clip_id"] for r, s in zip(records, splits) if s == "train"}
+    found = {}
+    for chunk in chunks:  # one chunk in memory at a time; only the per-clip means are kept
+        try:
+            data = torch.load(chunk, map_location="cpu", weights_only=True)
+            for clip_id, clean in zip(data["clip_ids"], data["clean"].split(data["counts"])):
+                if clip_id in train_ids and clip_id not in found:
+                    found[clip_id] = clean.float().mean(dim=0).numpy()
+        except Exception as e:  # torn or foreign chunk: the baseline is unavailable, eval goes on
+            return None, f"{chunk}: unreadable feature chunk ({type(e).__name__})"
+    if not found:
+        return None, f"the features/ cache of {run_dir} holds none of its training clips"
+    return np.stack([found[c] for c in sorted(found)]), None
 
 
 def main(argv=None):
@@ -101,22 +197,28 @@ def main(argv=None):
         check_label_overlap(labels, records, args.labels, args.manifest)
     ev = scorer.config["evaluation"]
     evaluation = Evaluation(ev["aggregate"])
-    for clip in tqdm(scorer.score(records), total=len(records), unit="clip", mininterval=2):
+    stream = (score_with_untrained(scorer, records, untrained_head(scorer)) if labels is not None
+              else ((clip, None) for clip in scorer.score(records)))
+    for clip, untrained_cos in tqdm(stream, total=len(records), unit="clip", mininterval=2):
         if clip.error:
             raise cli.UserError(f"{args.manifest}:{records[clip.index]['line']}: {clip.error}")
-        evaluation.add(records[clip.index], clip)
+        evaluation.add(records[clip.index], clip, untrained_cos)
     result = {**evaluation.summary(), "num_clips": len(records), "checkpoint": str(args.checkpoint),
               "encoder": scorer.config["model"]["encoder_name"], "epoch": scorer.checkpoint["epoch"],
               "aggregate": ev["aggregate"]}
     if labels is not None:
-        result["ranking"] = evaluation.ranking(labels, ev["k_values"])
+        train_emb, why = training_clip_embeddings(args.checkpoint, scorer.checkpoint, scorer.config)
+        result["ranking"] = evaluation.ranking(labels, ev["k_values"], ev["knn_k"], train_emb, why,
+                                               scorer.config["seed"])
     cli.atomic_write_text(args.output, json.dumps(result, indent=2) + "\n")
     print(f"cosine(pred, clean) {result['mean_cosine_similarity']:.4f} +- "
           f"{result['std_cosine_similarity']:.4f}  vs no-predictor cosine(masked, clean) "
           f"{result['masked_cosine_similarity']:.4f}  ({result['num_clips']} clips, "
           f"{result['num_tubelets']} tubelets)")
     if labels is not None:
-        print(ranking_table(result["ranking"], ev["k_values"]))
+        print(ranking.format_table(result["ranking"]))
+        if "reason" in result["ranking"]["knn_density"]:
+            print(f"knn_density unavailable: {result['ranking']['knn_density']['reason']}")
     print(f"wrote {args.output}")
 
 
