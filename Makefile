@@ -24,7 +24,7 @@ TRAIN_ARGS = --config $(CONFIG) $(TRAIN_MANIFEST) --run-dir $(RUN) $(COMMON) $(c
 	$(if $(RESUME),--resume) $(ARGS)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo manifest check train eval score merge report select similar test browser walk-readme bench clean
+.PHONY: help install demo manifest check train eval score merge report select similar sample-for-labels test browser walk-readme bench clean
 
 help:
 	@echo "jepa-clips: mine driving clips worth a human's review (see README.md)"
@@ -48,6 +48,8 @@ help:
 	@echo "  make select               SCORES= [MANIFEST=] [LABELS=] [TOP=50] [OUT=selection.jsonl beside SCORES]"
 	@echo "                            [ARGS=]  a diverse top-K for labelling, near-duplicates folded"
 	@echo "  make similar              SCORES= CLIP=clip_id [K=20] [OUT=similar.jsonl beside SCORES] [ARGS=]"
+	@echo "  make sample-for-labels    SCORES= [N=200] [SEED=0] [OUT=labels_sample.jsonl beside SCORES] [ARGS=]"
+	@echo "                            a random sample by scene to label (unbiased metrics), + OUT.csv"
 	@echo "  make report               SCORES= [MANIFEST=] [DATA_ROOT=] [LABELS=] [SELECTION=] [TOP=50] [BOTTOM=10]"
 	@echo "                            [OUT=report.html beside SCORES] [ARGS=\"--thumbs 3\"]  HTML review page"
 	@echo "  make bench                throughput/memory ratios -> BENCHMARKS.md [BENCH_ARGS=--quick|--only fleet]"
@@ -111,6 +113,11 @@ select: $(INSTALL)
 	$(PYTHON) selection.py select --scores $(SCORES) --config $(CONFIG) $(call opt,--manifest,$(MANIFEST_FOR_REPORT)) \
 		$(call opt,--data-root,$(DATA_ROOT)) $(call opt,--labels,$(LABELS)) $(call opt,--top,$(TOP)) \
 		--output $(or $(OUT),$(dir $(SCORES))selection.jsonl) $(ARGS)
+
+sample-for-labels: $(INSTALL)
+	$(if $(SCORES),,$(error SCORES=path/to/scores.jsonl is required (written by make score)))
+	$(PYTHON) sample_labels.py --scores $(SCORES) --n $(or $(N),200) $(call opt,--seed,$(SEED)) \
+		--output $(or $(OUT),$(dir $(SCORES))labels_sample.jsonl) $(ARGS)
 
 similar: $(INSTALL)
 	$(if $(SCORES),,$(error SCORES=path/to/scores.jsonl is required (written by make score)))

@@ -12,7 +12,8 @@ pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is no
 
 # the variables each script target cannot do without (its command refuses to print otherwise)
 REQUIRED = {"manifest": ["FRAMES_DIR=drives"], "report": ["SCORES=runs/b/scores.jsonl"],
-            "select": ["SCORES=runs/b/scores.jsonl"], "similar": ["SCORES=runs/b/scores.jsonl", "CLIP=c1"],
+            "select": ["SCORES=runs/b/scores.jsonl"],
+            "sample-for-labels": ["SCORES=runs/b/scores.jsonl"], "similar": ["SCORES=runs/b/scores.jsonl", "CLIP=c1"],
             "merge": ["SHARDS=a.jsonl b.jsonl", "OUT=s.jsonl"]}
 
 

@@ -135,3 +135,28 @@ def test_stratified_sample_counts_and_seed():
     odd = ranking.stratified_sample(scenes, 7, seed=0)  # 3.5, 2.1, 1.4 -> 4, 2, 1 by largest remainder
     assert [sum(scenes[i] == s for i in odd) for s in "abc"] == [4, 2, 1]
     assert ranking.stratified_sample(scenes, 500, seed=0) == list(range(100))
+
+
+def test_sample_labels_writes_a_stratified_template(tmp_path, capsys):
+    import json
+
+    import cli
+    import sample_labels
+    scores = tmp_path / "scores.jsonl"
+    rows = [{"clip_id": f"c{i:03d}", "scene": "ab"[i % 4 == 0], "camera": "CAM", "first_frame": f"f{i}.jpg",
+             "score": None if i == 5 else i / 100} for i in range(100)]
+    scores.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    sample_labels.main(["--scores", str(scores), "--n", "20", "--seed", "1"])
+    out = [json.loads(x) for x in (tmp_path / "labels_sample.jsonl").read_text().splitlines()]
+    assert len(out) == 20 and all(r["binary_label"] is None for r in out)
+    assert "c005" not in {r["clip_id"] for r in out}  # its score is null: a failed clip
+    scene = {r["clip_id"]: r["scene"] for r in rows}
+    assert sum(scene[r["clip_id"]] == "b" for r in out) == 5  # 25 of the 99 scored clips are scene b
+    csv_lines = (tmp_path / "labels_sample.csv").read_text().splitlines()
+    assert csv_lines[0] == "clip_id,scene,camera,first_frame,binary_label" and len(csv_lines) == 21
+    first = (tmp_path / "labels_sample.jsonl").read_text()
+    sample_labels.main(["--scores", str(scores), "--n", "20", "--seed", "1", "--output",
+                        str(tmp_path / "b.jsonl")])
+    assert (tmp_path / "b.jsonl").read_text() == first and "sampled 20 of 99" in capsys.readouterr().out
+    with pytest.raises(cli.UserError, match="--n 0: must be >= 1"):
+        sample_labels.main(["--scores", str(scores), "--n", "0"])
