@@ -142,26 +142,29 @@ def _tie_bounds(sorted_scores):
 def _weighted_ap(order_scores_desc_labels, weights):
     """AP of each resample: clips fixed in the point ranking order (labels `y` in that order), resample b
     holding weights[b, i] copies of clip i. Copies of a clip are adjacent; a positive with w copies after
-    a hits among t clips contributes sum_j (a + j)/(t + j) = w - (t - a)(H[t + w] - H[t])."""
-    y = order_scores_desc_labels.astype(float)
-    total = np.cumsum(weights, axis=1)
-    hits = np.cumsum(weights * y, axis=1)
-    before_t, before_a = total - weights, hits - weights * y
-    h = np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, int(total[:, -1].max()) + 1))])
-    contrib = weights - (before_t - before_a) * (h[total.astype(int)] - h[before_t.astype(int)])
-    pos = hits[:, -1]
+    a hits among t clips contributes sum_j (a + j)/(t + j) = w - (t - a)(H[t + w] - H[t]). Only the
+    positives' columns are gathered after the one cumulative sum."""
+    pos_cols = np.flatnonzero(order_scores_desc_labels)
+    total = np.cumsum(weights, axis=1)[:, pos_cols]  # clips up to and including each positive
+    wp = weights[:, pos_cols]
+    hits = np.cumsum(wp, axis=1)
+    before_t, before_a = total - wp, hits - wp
+    h = np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, int(weights.sum(axis=1).max()) + 1))])
+    contrib = wp - (before_t - before_a) * (h[total.astype(np.int64)] - h[before_t.astype(np.int64)])
+    pos = wp.sum(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(pos > 0, (contrib * y).sum(axis=1) / pos, np.nan)
+        return np.where(pos > 0, contrib.sum(axis=1) / pos, np.nan)
 
 
 def _weighted_auroc(sorted_labels, start, stop, weights):
     """AUROC of each resample; clips in ascending score order with tie runs [start, stop)."""
-    y = sorted_labels.astype(float)
-    neg_w = weights * (1 - y)
+    pos_cols = np.flatnonzero(sorted_labels)
+    neg_w = weights * (1 - sorted_labels)
     cum = np.concatenate([np.zeros((len(weights), 1)), np.cumsum(neg_w, axis=1)], axis=1)
-    below, tied = cum[:, start], cum[:, stop] - cum[:, start]
-    pos_w = weights * y
-    p, n = pos_w.sum(axis=1), neg_w.sum(axis=1)
+    below = cum[:, start[pos_cols]]
+    tied = cum[:, stop[pos_cols]] - below
+    pos_w = weights[:, pos_cols]
+    p, n = pos_w.sum(axis=1), cum[:, -1]
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where((p > 0) & (n > 0), (pos_w * (below + 0.5 * tied)).sum(axis=1) / (p * n), np.nan)
 
