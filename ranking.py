@@ -230,7 +230,7 @@ def compare(method_scores, labels, k_values, scenes=None, reference="trained", s
         result[name] = block
     rng = np.random.default_rng(seed)
     draws = {name: {"average_precision": [], "auroc": []} for name in method_scores}
-    for done in range(0, resamples, chunk):
+    for done in range(0, resamples if n else 0, chunk):  # no labelled clips: nothing to resample
         w = _resample_weights(rng, n, groups, min(chunk, resamples - done)).astype(float)
         for name, prep in prepared.items():
             if prep is None:
@@ -241,7 +241,7 @@ def compare(method_scores, labels, k_values, scenes=None, reference="trained", s
             desc, asc, start, stop = prep
             draws[name]["average_precision"].append(_weighted_ap(labels[desc], w[:, desc]))
             draws[name]["auroc"].append(_weighted_auroc(labels[asc], start, stop, w[:, asc]))
-    draws = {m: {k: np.concatenate(v) for k, v in d.items()} for m, d in draws.items()}
+    draws = {m: {k: np.concatenate(v) if v else np.zeros(0) for k, v in d.items()} for m, d in draws.items()}
     for name in method_scores:
         result[name]["ci"] = {k: _interval(v) for k, v in draws[name].items()}
     differences = {}

@@ -32,8 +32,11 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+import numpy as np
+
 import cli
-from eval import random_baseline, rank_order, ranking_metrics, ranking_table, read_labels
+import ranking
+from eval import rank_order, read_labels
 from manifest import read_jsonl, read_manifest
 
 THUMB_SIZE = (160, 120)  # box a still fits in: ~4 KB as JPEG
@@ -456,15 +459,26 @@ def clip_list(page, clips):
 
 
 def metrics_block(page):
-    """The ranking metrics eval.py prints, for the trained score against a random ranking of the same
-    clips (the masked_gap baseline needs the encoder, so only eval.py has it)."""
+    """The ranking table eval.py prints (ranking.compare: AP and AUROC with 95% bootstrap intervals, the
+    paired difference and the verdict), for the trained score against a random ranking of the same clips (the
+    masked_gap, untrained_head and knn_density baselines need the encoder or the run, so only eval.py has
+    them)."""
     ks = cli.load_config()["evaluation"]["k_values"]
-    scores = {c["clip_id"]: c["score"] for c in page.scored}
-    table = ranking_table({"trained": ranking_metrics(scores, page.labels, ks),
-                           "random": random_baseline(page.labels, ks, scores)}, ks)
+    table = ranking.format_table(compare_labelled(page.scored, page.labels, ks))
     return (f'<h2>Ranking metrics</h2><pre>{esc(table)}</pre><p class="muted">As eval.py --labels reports '
             f'them, K from config.yaml (evaluation.k_values); random = the exact expectation of a random '
-            f'ranking. eval.py also reports the masked_gap baseline.</p>')
+            f'ranking. eval.py also reports the masked_gap, untrained_head and knn_density baselines. '
+            f'Labels taken from the top of this ranking make these figures look better than they are: '
+            f'measure on make sample-for-labels labels.</p>')
+
+
+def compare_labelled(scored, labels, ks):
+    """ranking.compare of the trained score against random over the scored clips with a 0/1 label."""
+    rows = sorted((c for c in scored if c["score"] is not None and labels.get(c["clip_id"]) is not None),
+                  key=lambda c: c["clip_id"])
+    return ranking.compare({"trained": np.array([c["score"] for c in rows], dtype=float), "random": None},
+                           np.array([labels[c["clip_id"]] for c in rows], dtype=int), ks,
+                           scenes=[c.get("scene", "") for c in rows], clip_ids=[c["clip_id"] for c in rows])
 
 
 def misses_block(page):

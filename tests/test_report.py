@@ -18,6 +18,7 @@ from PIL import Image
 import cli
 from manifest import read_manifest
 import eval as evaluation
+import ranking
 import report
 from conftest import REALDATA, run_script, write_jsonl
 
@@ -396,9 +397,10 @@ def test_labels_misses_and_metrics(review, monkeypatch):
     trained = metrics.splitlines()[1].split()
     assert trained[:2] == ["trained", "0.500"] and metrics.splitlines()[2].startswith("random")
     labels, ks = evaluation.read_labels(args[args.index("--labels") + 1]), [10, 50, 100]
-    scores = {r["clip_id"]: r["score"] for r in rows}
-    assert metrics == evaluation.ranking_table({"trained": evaluation.ranking_metrics(scores, labels, ks),
-                                                "random": evaluation.random_baseline(labels, ks, scores)}, ks)
+    expect = report.compare_labelled(rows, labels, ks)
+    assert metrics == ranking.format_table(expect)  # eval's table with intervals and verdict
+    assert expect["trained"]["average_precision"] == pytest.approx(0.5) and "AUROC" in metrics
+    assert "trained vs random: too few labels to tell" in metrics
 
 
 def test_selection_prechecked_with_folded_duplicates(review, monkeypatch):
