@@ -41,7 +41,7 @@ help:
 	@echo "  make train                MANIFEST= [RUN=experiments/run] [ENCODER=] [LR=] [EPOCHS=] [BATCH=] [SEED=]"
 	@echo "                            [DATA_ROOT=] [DEVICE=auto] [RESUME=1] [CONFIG=config.yaml] [ARGS=]"
 	@echo "  make eval                 CKPT= MANIFEST= [OUT=eval.json beside CKPT] [LABELS=] [ENCODER=] [DATA_ROOT=]"
-	@echo "                            [DEVICE=] [ARGS=]"
+	@echo "                            [DEVICE=] [SELECTION=selection the labels came from] [ARGS=]"
 	@echo "  make score                CKPT= MANIFEST= [OUT=scores.jsonl beside CKPT] [SHARD=I/N|auto] [ENCODER=]"
 	@echo "                            [DATA_ROOT=] [DEVICE=] [ARGS=]   (+ OUT.emb.npy: one embedding per clip)"
 	@echo "  make merge                SHARDS=\"a.jsonl b.jsonl\" MANIFEST= OUT=scores.jsonl [ARGS=]"
@@ -92,7 +92,7 @@ train: $(INSTALL)
 
 eval: $(INSTALL)
 	$(PYTHON) eval.py --checkpoint $(CKPT) --manifest $(MANIFEST) --output $(or $(OUT),$(CKPT_DIR)eval.json) \
-		$(COMMON) $(call opt,--labels,$(LABELS)) $(ARGS)
+		$(COMMON) $(call opt,--labels,$(LABELS)) $(call opt,--selection,$(SELECTION)) $(ARGS)
 
 score: $(INSTALL)
 	$(PYTHON) infer.py --checkpoint $(CKPT) --manifest $(MANIFEST) \

@@ -48,7 +48,28 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_scoring_args(p)
     p.add_argument("--labels", help="JSONL of {clip_id, binary_label: 0|1|null} to add ranking metrics")
+    p.add_argument("--selection", help="selection.jsonl (make select) the labels were taken from: eval "
+                   "counts the labelled clips it picked and warns that metrics on them are biased upward")
     return p.parse_args(argv)
+
+
+def selected_clip_ids(path):
+    """Clip ids a selection file (make select's JSONL) put in front of reviewers: its picks and the
+    near-duplicates folded under them."""
+    rows = read_jsonl(path, "selection file", " (pass SELECTION=path/to/selection.jsonl from make select)")
+    folded = {d["clip_id"] for _, obj in rows for d in obj.get("near_duplicates") or []
+              if isinstance(d, dict) and isinstance(d.get("clip_id"), str)}
+    return {obj["clip_id"] for _, obj in rows} | folded
+
+
+def selection_warning(block, labels, selected, path):
+    """Count the labelled clips a selection picked; add a warning (and print it) when there are any."""
+    n = sum(1 for c, v in labels.items() if v is not None and c in selected)
+    block["labels_from_selection"] = n
+    if n:
+        block["warnings"].append(f"{n} of the labelled clips came from the selection {path} (the top of a "
+                                 "ranking): metrics on them are biased upward; measure on a random sample "
+                                 "(make sample-for-labels)")
 
 
 def check_label_overlap(labels, records, labels_path, manifest):
@@ -187,8 +208,11 @@ def training_clip_embeddings(checkpoint_path, ckpt, cfg):
 def main(argv=None):
     args = parse_args(argv)
     cli.check_output(args.output, {"--checkpoint": args.checkpoint, "--manifest": args.manifest,
-                                    "--labels": args.labels})
+                                    "--labels": args.labels, "--selection": args.selection})
     labels = read_labels(args.labels) if args.labels else None  # bad labels: found before the encoder loads
+    if args.selection and labels is None:
+        raise cli.UserError(f"--selection {args.selection}: only means something with --labels (LABELS=)")
+    selected = selected_clip_ids(args.selection) if args.selection else None
     scorer = jepa.load_for_scoring(args)
     records = read_manifest(args.manifest, scorer.config["data"]["root"],
                             scorer.config["data"]["tubelet_size"])
@@ -210,6 +234,8 @@ def main(argv=None):
         train_emb, why = training_clip_embeddings(args.checkpoint, scorer.checkpoint, scorer.config)
         result["ranking"] = evaluation.ranking(labels, ev["k_values"], ev["knn_k"], train_emb, why,
                                                scorer.config["seed"])
+        if selected is not None:
+            selection_warning(result["ranking"], labels, selected, args.selection)
     cli.atomic_write_text(args.output, json.dumps(result, indent=2) + "\n")
     print(f"cosine(pred, clean) {result['mean_cosine_similarity']:.4f} +- "
           f"{result['std_cosine_similarity']:.4f}  vs no-predictor cosine(masked, clean) "

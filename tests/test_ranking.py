@@ -160,3 +160,20 @@ def test_sample_labels_writes_a_stratified_template(tmp_path, capsys):
     assert (tmp_path / "b.jsonl").read_text() == first and "sampled 20 of 99" in capsys.readouterr().out
     with pytest.raises(cli.UserError, match="--n 0: must be >= 1"):
         sample_labels.main(["--scores", str(scores), "--n", "0"])
+
+
+def test_eval_flags_labels_taken_from_a_selection(tmp_path):
+    import json
+
+    import eval as evaluation
+    sel = tmp_path / "selection.jsonl"
+    sel.write_text(json.dumps({"rank": 1, "clip_id": "a", "near_duplicates": [{"clip_id": "b"}]}) + "\n"
+                   + json.dumps({"rank": 2, "clip_id": "c", "near_duplicates": []}) + "\n")
+    selected = evaluation.selected_clip_ids(sel)
+    assert selected == {"a", "b", "c"}
+    block = {"warnings": []}
+    evaluation.selection_warning(block, {"a": 1, "b": 0, "c": None, "d": 1}, selected, sel)
+    assert block["labels_from_selection"] == 2 and "biased upward" in block["warnings"][0]
+    block = {"warnings": []}
+    evaluation.selection_warning(block, {"d": 1}, selected, sel)
+    assert block == {"warnings": [], "labels_from_selection": 0}
