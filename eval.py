@@ -3,7 +3,8 @@
 Usage:
   python eval.py --checkpoint experiments/run/best.pt --manifest val.jsonl --output eval.json
                  [--data-root R] [--encoder NAME_OR_DIR] [--device auto] [--labels labels.jsonl]
-  make eval CKPT=experiments/run/best.pt MANIFEST=val.jsonl [LABELS=labels.jsonl]
+                 [--selection selection.jsonl]
+  make eval CKPT=experiments/run/best.pt MANIFEST=val.jsonl [LABELS=labels.jsonl] [SELECTION=]
 
 Writes JSON: mean/std cosine similarity of predicted vs clean embeddings over all tubelets, the no-predictor
 baseline cos(masked, clean), per-scene means, counts. With --labels ({"clip_id", "binary_label": 0|1|null}
