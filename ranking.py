@@ -325,7 +325,8 @@ def _verdict_text(result, method_scores, reference, n, pos):
         ap = d["average_precision"]
         if d["verdict"] == "too few labels":
             need = d.get("labels_needed")
-            tail = ("" if need is None else f"; roughly {need['labelled']} labelled clips "
+            tail = ("; no observed AP difference to scale" if need is None
+                    else f"; roughly {need['labelled']} labelled clips "
                     f"({need['positives']} positive) would be needed for a difference of {ap['mean']:+.3f} "
                     "(n * (interval half-width / |difference|)^2)")
             lines.append(f"{reference} vs {name}: too few labels to tell ({pos} positive, "
