@@ -177,3 +177,9 @@ def test_eval_flags_labels_taken_from_a_selection(tmp_path):
     block = {"warnings": []}
     evaluation.selection_warning(block, {"d": 1}, selected, sel)
     assert block == {"warnings": [], "labels_from_selection": 0}
+
+
+def test_knn_baseline_unavailable_without_a_features_cache(tmp_path):
+    import eval as evaluation
+    emb, why = evaluation.training_clip_embeddings(tmp_path / "best.pt", {}, {})
+    assert emb is None and "no features/ cache" in why and str(tmp_path) in why
