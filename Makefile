@@ -24,7 +24,7 @@ TRAIN_ARGS = --config $(CONFIG) $(TRAIN_MANIFEST) --run-dir $(RUN) $(COMMON) $(c
 	$(if $(RESUME),--resume) $(ARGS)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo manifest check train eval score merge report learn select similar test browser walk-readme bench clean
+.PHONY: help install demo manifest check train eval score merge report learn sample-for-labels select similar test browser walk-readme bench clean
 
 help:
 	@echo "jepa-clips: mine driving clips worth a human's review (see README.md)"
@@ -42,7 +42,7 @@ help:
 	@echo "  make train                MANIFEST= [RUN=experiments/run] [ENCODER=] [LR=] [EPOCHS=] [BATCH=] [SEED=]"
 	@echo "                            [DATA_ROOT=] [DEVICE=auto] [RESUME=1] [CONFIG=config.yaml] [ARGS=]"
 	@echo "  make eval                 CKPT= MANIFEST= [OUT=eval.json beside CKPT] [LABELS=] [ENCODER=] [DATA_ROOT=]"
-	@echo "                            [DEVICE=] [ARGS=]"
+	@echo "                            [DEVICE=] [SELECTION=selection the labels came from] [ARGS=]"
 	@echo "  make score                CKPT= MANIFEST= [OUT=scores.jsonl beside CKPT] [SHARD=I/N|auto] [ENCODER=]"
 	@echo "                            [DATA_ROOT=] [DEVICE=] [ARGS=]   (+ OUT.emb.npy: one embedding per clip)"
 	@echo "  make merge                SHARDS=\"a.jsonl b.jsonl\" MANIFEST= OUT=scores.jsonl [ARGS=]"
@@ -52,6 +52,8 @@ help:
 	@echo "  make learn                SCORES= LABELS=\"r1.jsonl r2.jsonl\" [OUT=probe.jsonl beside SCORES] [ARGS=]"
 	@echo "                            a probe on the embeddings of the labelled clips; p_interesting per clip"
 	@echo "  make similar              SCORES= CLIP=clip_id [K=20] [OUT=similar.jsonl beside SCORES] [ARGS=]"
+	@echo "  make sample-for-labels    SCORES= [N=200] [SEED=0] [OUT=labels_sample.jsonl beside SCORES] [ARGS=]"
+	@echo "                            a random sample by scene to label (unbiased metrics), + OUT.csv"
 	@echo "  make report               SCORES= [MANIFEST=] [DATA_ROOT=] [LABELS=] [SELECTION=] [TOP=50] [BOTTOM=10]"
 	@echo "                            [OUT=report.html beside SCORES] [ARGS=\"--thumbs 3\"]  HTML review page"
 	@echo "  make bench                throughput/memory ratios -> BENCHMARKS.md [BENCH_ARGS=--quick|--only fleet]"
@@ -98,7 +100,7 @@ train: $(INSTALL)
 
 eval: $(INSTALL)
 	$(PYTHON) eval.py --checkpoint $(CKPT) --manifest $(MANIFEST) --output $(or $(OUT),$(CKPT_DIR)eval.json) \
-		$(COMMON) $(call opt,--labels,$(LABELS)) $(ARGS)
+		$(COMMON) $(call opt,--labels,$(LABELS)) $(call opt,--selection,$(SELECTION)) $(ARGS)
 
 score: $(INSTALL)
 	$(PYTHON) infer.py --checkpoint $(CKPT) --manifest $(MANIFEST) \
@@ -126,6 +128,11 @@ learn: $(INSTALL)
 	$(if $(LABELS),,$(error LABELS="round1.jsonl ..." is required (labels exported by the review page)))
 	$(PYTHON) learn.py fit --scores $(SCORES) --config $(CONFIG) --labels $(LABELS) \
 		--output $(or $(OUT),$(dir $(SCORES))probe.jsonl) $(ARGS)
+
+sample-for-labels: $(INSTALL)
+	$(if $(SCORES),,$(error SCORES=path/to/scores.jsonl is required (written by make score)))
+	$(PYTHON) sample_labels.py --scores $(SCORES) --n $(or $(N),200) $(call opt,--seed,$(SEED)) \
+		--output $(or $(OUT),$(dir $(SCORES))labels_sample.jsonl) $(ARGS)
 
 similar: $(INSTALL)
 	$(if $(SCORES),,$(error SCORES=path/to/scores.jsonl is required (written by make score)))

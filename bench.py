@@ -4,6 +4,7 @@ Usage:
   python bench.py [--quick] [--device auto|cpu|cuda] [--json bench.json] [--markdown BENCHMARKS.md]
   python bench.py --only select [--quick]   (make select/similar at 1M clips; own BENCHMARKS.md section)
   python bench.py --only video [--quick]    (1080p H.264 MP4 vs the same frames as JPEG; own section)
+  python bench.py --only ranking [--quick]  (eval's bootstrap intervals at 10k labelled clips; own section)
   make bench [BENCH_ARGS=--quick]
 
 Measures (same batch size throughout): gemm (fp32 GFLOP/s of a large matmul, the practical ceiling), encoder
@@ -237,12 +238,15 @@ def main():
     p.add_argument("--json", help="also write the figures and ratios to this JSON file")
     p.add_argument("--markdown", default=None,
                    help="Markdown report (default BENCHMARKS.md; none with --quick)")
-    p.add_argument("--only", choices=["select", "fleet", "video"], help="run one part only; select: make "
-                   "select/similar at scale; fleet: 1M-line manifests, merge, long clips; video: decode "
-                   "frames/s from MP4 vs JPEG (default: every part, these three last)")
+    p.add_argument("--only", choices=["select", "fleet", "video", "ranking"], help="run one part only; "
+                   "select: make select/similar at scale; fleet: 1M-line manifests, merge, long clips; video: "
+                   "decode frames/s from MP4 vs JPEG; ranking: eval's bootstrap intervals at 10k labelled "
+                   "clips (default: every part, these four last)")
     args = p.parse_args()
     if args.only == "video":
         return bench_video_section(args)
+    if args.only == "ranking":
+        return bench_ranking_section(args)
     if args.only == "select":
         return bench_select_section(args)
     if args.only == "fleet":
@@ -329,6 +333,7 @@ def main():
     bench_fleet_section(args)
     bench_select_section(args)
     bench_video_section(args)
+    bench_ranking_section(args)
 
 
 def bench_fleet_section(args):
@@ -514,6 +519,48 @@ def bench_select_section(args):
         text = old.rstrip("\n") + "\n\n" + section
     Path(md).write_text(text)
     print(f"wrote {md} ({SELECT_HEADING})")
+
+
+def bench_ranking(n=10_000, scenes=500, resamples=1000, seed=0):
+    """Seconds for ranking.compare (4 score arrays + the exact random baseline, `resamples` scene
+    resamples) on n labelled clips, and for knn_density of n queries against n training clips (D=1024)."""
+    import ranking
+    rng = np.random.default_rng(seed)
+    labels = (rng.random(n) < 0.05).astype(int)
+    methods = {m: rng.random(n) + 0.3 * labels for m in ("trained", "masked_gap", "untrained_head",
+                                                          "knn_density")}
+    methods["random"] = None
+    t = time.perf_counter()
+    out = ranking.compare(methods, labels, [10, 50, 100], scenes=[f"s{i % scenes}" for i in range(n)],
+                          resamples=resamples)
+    compare_s = time.perf_counter() - t
+    q, train = rng.normal(size=(n, 1024)).astype(np.float32), rng.normal(size=(n, 1024)).astype(np.float32)
+    t = time.perf_counter()
+    ranking.knn_density(q, train, 5)
+    return {"n": n, "scenes": scenes, "resamples": resamples, "unit": out["bootstrap"]["unit"],
+            "compare_s": compare_s, "knn_s": time.perf_counter() - t}
+
+
+def bench_ranking_section(args):
+    """Run bench_ranking; outside --quick, (re)write the `Ranking intervals` section of BENCHMARKS.md."""
+    r = bench_ranking(n=2000 if args.quick else 10_000)
+    ok = r["compare_s"] < 10
+    table = (f"compare   {r['compare_s']:6.2f} s   target < 10 s: {r['n']:,} labelled clips, {r['scenes']} "
+             f"scenes, 5 methods, {r['resamples']} {r['unit']} resamples\n"
+             f"knn       {r['knn_s']:6.2f} s   {r['n']:,} queries x {r['n']:,} training clips, D=1024, k=5")
+    print(table)
+    md = args.markdown or (None if args.quick else "BENCHMARKS.md")
+    if md:
+        notes = (f"Target (intervals under 10 s at 10k labelled clips): {'met' if ok else 'MISSED'} in "
+                 "this run. `compare` is `ranking.compare` as `eval.py --labels` calls it: per method the "
+                 "point metrics, then AP and AUROC on every resample (integer weights per clip, 100 "
+                 "resamples per numpy pass) and the paired differences; `knn` is the knn_density baseline, "
+                 "streamed 4,096 rows a side.")
+        body = (f"`python bench.py --only ranking` on {datetime.date.today().isoformat()}, "
+                f"{platform.machine()}, {os.cpu_count()} CPUs (numpy only).\n\n```\n{table}\n```\n\n"
+                + textwrap.fill(notes, 112))
+        write_section(md, "Ranking intervals", body)
+        print(f"wrote {md} (Ranking intervals)")
 
 
 SELECT_NOTES = """\

@@ -220,6 +220,7 @@ def validate_config(cfg):
         (t["checkpoint_every"] >= 1, "training.checkpoint_every", "must be >= 1"),
         (cfg["evaluation"]["batch_size"] >= 1, "evaluation.batch_size", "must be >= 1"),
         (all(k >= 1 for k in cfg["evaluation"]["k_values"]), "evaluation.k_values", "must all be >= 1"),
+        (cfg["evaluation"]["knn_k"] >= 1, "evaluation.knn_k", "must be >= 1"),
     ]
     for key, options in CHOICES.items():
         section, name = key.split(".")

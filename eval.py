@@ -3,23 +3,31 @@
 Usage:
   python eval.py --checkpoint experiments/run/best.pt --manifest val.jsonl --output eval.json
                  [--data-root R] [--encoder NAME_OR_DIR] [--device auto] [--labels labels.jsonl]
-  make eval CKPT=experiments/run/best.pt MANIFEST=val.jsonl [LABELS=labels.jsonl]
+                 [--selection selection.jsonl]
+  make eval CKPT=experiments/run/best.pt MANIFEST=val.jsonl [LABELS=labels.jsonl] [SELECTION=]
 
 Writes JSON: mean/std cosine similarity of predicted vs clean embeddings over all tubelets, the no-predictor
 baseline cos(masked, clean), per-scene means, counts. With --labels ({"clip_id", "binary_label": 0|1|null}
-per line) it adds a `ranking` block comparing the trained score with the masked_gap and random baselines.
+per line) it adds a `ranking` block (ranking.compare): the trained score against the masked_gap, random,
+untrained_head (the same head freshly initialised with the run's seed) and knn_density (1 - mean top-k cosine
+of the clip embedding to the training clips' embeddings, from the run's features/ cache) baselines, AP and
+AUROC with 95% bootstrap intervals, paired differences and a verdict (README, evaluation).
 """
 import argparse
 import json
-import math
 import sys
 from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
 
 from tqdm import tqdm
 
 import cli
+import ranking
 import scorefile
-from manifest import check_frames, raise_problems, read_jsonl, read_manifest
+from manifest import assign_splits, check_frames, raise_problems, read_jsonl, read_manifest
+from ranking import rank_order, random_baseline, ranking_metrics, ranking_table  # noqa: F401 (re-exported)
 
 
 def read_labels(path):
@@ -36,93 +44,32 @@ def read_labels(path):
     return {obj["clip_id"]: obj["binary_label"] for _, obj in rows}
 
 
-# ---- ranking metrics (report.py and selection.py present them too) ----
-
-def rank_order(scores):
-    """Clip ids with a score, highest first; ties broken by clip_id so every run ranks identically."""
-    return sorted((c for c, s in scores.items() if s is not None), key=lambda c: (-scores[c], c))
-
-
-def _dcg(rel):
-    return sum(r / math.log2(i + 1) for i, r in enumerate(rel, 1))
-
-
-def ranking_metrics(scores, labels, k_values):
-    """AP, P@K, R@K and NDCG@K of ranking `scores` {clip_id: float | None} against `labels` {clip_id:
-    0|1|None}.
-
-    Only clips with both a score and a non-null label count; the others are removed before ranking (a null
-    label is unlabelled, never negative). P@K divides by min(K, n labelled), so for K >= n it is the positive
-    rate. AP is non-interpolated (mean precision at each positive's rank). NDCG@K uses binary gains and a
-    log2(rank + 1) discount against the all-positives-first ranking. AP, R@K and NDCG@K are None without
-    positives; everything rate-like is None without labelled clips."""
-    rel = [labels[c] for c in rank_order(scores) if labels.get(c) is not None]
-    n, pos = len(rel), sum(rel)
-    hits, precisions = 0, []
-    for i, r in enumerate(rel, 1):
-        hits += r
-        if r:
-            precisions.append(hits / i)
-    out = {"average_precision": sum(precisions) / pos if pos else None,
-           "precision_at_k": {}, "recall_at_k": {}, "ndcg_at_k": {}, "num_labelled": n, "num_positive": pos}
-    for k in k_values:
-        found = sum(rel[:k])
-        out["precision_at_k"][str(k)] = found / min(k, n) if n else None
-        out["recall_at_k"][str(k)] = found / pos if pos else None
-        out["ndcg_at_k"][str(k)] = _dcg(rel[:k]) / _dcg([1] * min(k, pos)) if pos else None
-    return out
-
-
-def random_baseline(labels, k_values, scored):
-    """Exact expected ranking_metrics of a uniformly random ranking of the same clips.
-
-    `scored`: the scores dict (or the scored clip ids); an int (the number of scored clips) means every
-    labelled clip was scored. A random order of all scored clips puts the labelled ones in a random order,
-    so only n (labelled and scored) and the positive count matter. Expected AP is exact, not the positive
-    rate it tends to for large n: (H_n + (n - H_n)(pos - 1)/(n - 1)) / n with H_n the n-th harmonic number."""
-    if isinstance(scored, int):
-        rel = [v for v in labels.values() if v is not None]
-    else:
-        ids = [c for c in scored if not isinstance(scored, dict) or scored[c] is not None]
-        rel = [labels[c] for c in ids if labels.get(c) is not None]
-    n, pos = len(rel), sum(rel)
-    rate = pos / n if n else None
-    h_n = sum(1 / i for i in range(1, n + 1))
-    ap = (h_n + (n - h_n) * (pos - 1) / (n - 1)) / n if n > 1 else 1.0
-    out = {"average_precision": ap if pos else None,
-           "precision_at_k": {}, "recall_at_k": {}, "ndcg_at_k": {}, "num_labelled": n, "num_positive": pos}
-    for k in k_values:
-        m = min(k, n)
-        out["precision_at_k"][str(k)] = rate
-        out["recall_at_k"][str(k)] = m / n if pos else None
-        # E[DCG@K] = rate * sum of discounts; the ideal DCG is fixed, so the ratio is the exact expectation
-        out["ndcg_at_k"][str(k)] = rate * _dcg([1] * m) / _dcg([1] * min(k, pos)) if pos else None
-    return out
-
-
-def ranking_table(blocks, k_values):
-    """Fixed-width text table: one row per method (e.g. trained, masked_gap, random), AP then P/R/NDCG@K."""
-    cols = ["AP"] + [f"{m}@{k}" for k in k_values for m in ("P", "R", "NDCG")]
-    keys = [("average_precision", None)] + [(f"{m}_at_k", str(k)) for k in k_values
-                                            for m in ("precision", "recall", "ndcg")]
-    width = max([len("method")] + [len(name) for name in blocks])
-    lines = [f"{'method':<{width}}" + "".join(f"{c:>9}" for c in cols)]
-    for name, m in blocks.items():
-        vals = [m[key] if k is None else m[key].get(k) for key, k in keys]
-        lines.append(f"{name:<{width}}" + "".join(f"{'-' if v is None else f'{v:.3f}':>9}" for v in vals))
-    first = next(iter(blocks.values()), {})
-    lines.append(f"({first.get('num_labelled', 0)} labelled clips with a score, "
-                 f"{first.get('num_positive', 0)} positive; P@K divides by min(K, labelled); "
-                 "'-' = undefined without positives)")
-    return "\n".join(lines)
-
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_scoring_args(p)
     p.add_argument("--labels", help="JSONL of {clip_id, binary_label: 0|1|null} to add ranking metrics")
+    p.add_argument("--selection", help="selection.jsonl (make select) the labels were taken from: eval "
+                   "counts the labelled clips it picked and warns that metrics on them are biased upward")
     return p.parse_args(argv)
+
+
+def selected_clip_ids(path):
+    """Clip ids a selection file (make select's JSONL) put in front of reviewers: its picks and the
+    near-duplicates folded under them."""
+    rows = read_jsonl(path, "selection file", " (pass SELECTION=path/to/selection.jsonl from make select)")
+    folded = {d["clip_id"] for _, obj in rows for d in obj.get("near_duplicates") or []
+              if isinstance(d, dict) and isinstance(d.get("clip_id"), str)}
+    return {obj["clip_id"] for _, obj in rows} | folded
+
+
+def selection_warning(block, labels, selected, path):
+    """Count the labelled clips a selection picked; add a warning (and print it) when there are any."""
+    n = sum(1 for c, v in labels.items() if v is not None and c in selected)
+    block["labels_from_selection"] = n
+    if n:
+        block["warnings"].append(f"{n} of the labelled clips came from the selection {path} (the top of a "
+                                 "ranking): metrics on them are biased upward; measure on a random sample "
+                                 "(make sample-for-labels)")
 
 
 def check_label_overlap(labels, records, labels_path, manifest):
@@ -146,13 +93,18 @@ class Evaluation:
         self.aggregate = aggregate
         self.pred_cos, self.masked_cos, self.per_scene = [], [], defaultdict(list)
         self.scores, self.gaps = {}, {}  # clip_id -> trained score / no-predictor baseline score
+        self.untrained, self.clip_emb, self.scene = {}, {}, {}  # clip_id -> untrained score / emb / scene
 
-    def add(self, rec, clip):
+    def add(self, rec, clip, untrained_cos=None):
         self.pred_cos.append(clip.pred_cos)
         self.masked_cos.append(clip.masked_cos)
         self.per_scene[rec["scene"]].append(clip.pred_cos)
         self.scores[rec["clip_id"]] = clip.score(self.aggregate)
         self.gaps[rec["clip_id"]] = scorefile.clip_score(clip.baseline_novelty(), self.aggregate)
+        self.scene[rec["clip_id"]] = rec["scene"]
+        if untrained_cos is not None:
+            self.untrained[rec["clip_id"]] = scorefile.clip_score((1 - untrained_cos).tolist(), self.aggregate)
+            self.clip_emb[rec["clip_id"]] = clip.clip_emb.float().numpy()
 
     def summary(self):
         import torch  # lazily, like jepa in main: report.py and selection.py import this file and start fast
@@ -164,17 +116,108 @@ class Evaluation:
                               for s, v in sorted(self.per_scene.items())},
                 "num_tubelets": len(all_pred)}
 
-    def ranking(self, labels, k_values):
-        return {"trained": ranking_metrics(self.scores, labels, k_values),
-                "masked_gap": ranking_metrics(self.gaps, labels, k_values),
-                "random": random_baseline(labels, k_values, self.scores)}
+    def ranking(self, labels, k_values, knn_k=5, train_emb=None, unavailable=None, seed=0):
+        """ranking.compare over the labelled clips with a score: trained, masked_gap, random, untrained_head
+        and knn_density (reported unavailable, with the reason, when `train_emb` is None)."""
+        ids = sorted(c for c in self.scores if labels.get(c) is not None)
+        methods = {"trained": self.scores, "masked_gap": self.gaps, "random": None}
+        if self.untrained:
+            methods["untrained_head"] = self.untrained
+        arrays = {m: None if s is None else np.array([s[c] for c in ids], dtype=float)
+                  for m, s in methods.items()}
+        if train_emb is not None and ids:
+            arrays["knn_density"] = ranking.knn_density(np.stack([self.clip_emb[c] for c in ids]),
+                                                        train_emb, knn_k)
+        out = ranking.compare(arrays, np.array([labels[c] for c in ids], dtype=int), k_values,
+                              scenes=[self.scene[c] for c in ids], seed=seed, clip_ids=ids)
+        if train_emb is None:
+            out["knn_density"] = {"available": False, "reason": unavailable or "no training embeddings"}
+        else:
+            out["knn_density"]["k"] = knn_k
+        return out
+
+
+def untrained_head(scorer):
+    """The same PredictorHead class and sizes as the checkpoint's, freshly initialised with the run's seed
+    (as train.py seeds it before building the head), never trained; the global torch RNG is left as it was."""
+    import torch  # lazily, as everywhere in this file
+    import jepa
+    m = scorer.config["model"]
+    device = next(scorer.head.parameters()).device
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(scorer.config["seed"])
+        head = jepa.PredictorHead(scorer.checkpoint["embed_dim"], m["predictor_hidden_dim"],
+                                  m["predictor_dropout"])
+    return head.to(device).eval()
+
+
+def score_with_untrained(scorer, records, head):
+    """jepa.score_clips with a second head: yields (ClipScore, untrained cos(pred, clean) or None)."""
+    import jepa  # lazily, as everywhere in this file
+    dataset = jepa.JEPADataset(records, scorer.config, scorer.encoder.processor)
+    for clip in jepa.encode_stream(scorer.encoder, dataset, scorer.config["evaluation"]["batch_size"],
+                                   scorer.workers):
+        if clip.error:
+            yield jepa.ClipScore(clip.index, None, None, None, clip.error), None
+            continue
+        pred_cos, masked_cos = jepa.tubelet_cosines(scorer.head, clip.clean_emb, clip.masked_emb,
+                                                    clip.mask_frac)
+        untrained_cos, _ = jepa.tubelet_cosines(head, clip.clean_emb, clip.masked_emb, clip.mask_frac)
+        yield (jepa.ClipScore(clip.index, pred_cos, masked_cos, clip.clean_emb.mean(dim=0), None),
+               untrained_cos)
+
+
+def training_clip_embeddings(checkpoint_path, ckpt, cfg):
+    """(array (n_train, D) of the training clips' clip embeddings, None) derived from the run folder's
+    features/ cache (the mean clean tubelet embedding per training clip, the same vector as a row of
+    infer.py's OUT.emb.npy), or (None, reason) when the run folder cannot give them."""
+    import torch  # lazily, as everywhere in this file
+    run_dir = Path(checkpoint_path).parent
+    link = run_dir / "features_from.txt"
+    folders = [run_dir / "features"]
+    if link.exists():
+        source = Path(link.read_text().strip())
+        folders.append(source / "features" if (source / "features").is_dir() else source)
+    chunks = [p for f in folders for p in sorted(f.glob("chunk_*.pt"))]
+    if not chunks:
+        return None, f"no features/ cache in {run_dir} (the run folder of the checkpoint) to take the " \
+                     "training clips' embeddings from"
+    record = run_dir / "manifest.json"
+    try:
+        recorded = json.loads(record.read_text())
+        path = recorded["path"]
+        if not Path(path).is_file() or cli.file_sha256(path) != recorded["sha256"]:
+            return None, f"{path}: the training manifest of {run_dir} is gone or changed since training"
+        records = read_manifest(path, cfg["data"]["root"], cfg["data"]["tubelet_size"])
+    except cli.UserError as e:
+        return None, f"cannot read the training manifest: {e}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, f"{record}: missing or unreadable, so the training clips are unknown"
+    splits = assign_splits(records, cfg["seed"], cfg["data"]["val_fraction"],
+                           cfg["data"]["use_manifest_split"])
+    train_ids = {r["clip_id"] for r, s in zip(records, splits) if s == "train"}
+    found = {}
+    for chunk in chunks:  # one chunk in memory at a time; only the per-clip means are kept
+        try:
+            data = torch.load(chunk, map_location="cpu", weights_only=True)
+            for clip_id, clean in zip(data["clip_ids"], data["clean"].split(data["counts"])):
+                if clip_id in train_ids and clip_id not in found:
+                    found[clip_id] = clean.float().mean(dim=0).numpy()
+        except Exception as e:  # torn or foreign chunk: the baseline is unavailable, eval goes on
+            return None, f"{chunk}: unreadable feature chunk ({type(e).__name__})"
+    if not found:
+        return None, f"the features/ cache of {run_dir} holds none of its training clips"
+    return np.stack([found[c] for c in sorted(found)]), None
 
 
 def main(argv=None):
     args = parse_args(argv)
     cli.check_output(args.output, {"--checkpoint": args.checkpoint, "--manifest": args.manifest,
-                                    "--labels": args.labels})
+                                    "--labels": args.labels, "--selection": args.selection})
     labels = read_labels(args.labels) if args.labels else None  # bad labels: found before the encoder loads
+    if args.selection and labels is None:
+        raise cli.UserError(f"--selection {args.selection}: only means something with --labels (LABELS=)")
+    selected = selected_clip_ids(args.selection) if args.selection else None
     import jepa  # torch, imported here so that importing eval (report.py does) stays torch-free
     scorer = jepa.load_for_scoring(args.checkpoint, args.device, args.set, **cli.config_flags(args))
     records = read_manifest(args.manifest, scorer.config["data"]["root"],
@@ -184,22 +227,30 @@ def main(argv=None):
         check_label_overlap(labels, records, args.labels, args.manifest)
     ev = scorer.config["evaluation"]
     evaluation = Evaluation(ev["aggregate"])
-    for clip in tqdm(scorer.score(records), total=len(records), unit="clip", mininterval=2):
+    stream = (score_with_untrained(scorer, records, untrained_head(scorer)) if labels is not None
+              else ((clip, None) for clip in scorer.score(records)))
+    for clip, untrained_cos in tqdm(stream, total=len(records), unit="clip", mininterval=2):
         if clip.error:
             raise cli.UserError(f"{args.manifest}:{records[clip.index]['line']}: {clip.error}")
-        evaluation.add(records[clip.index], clip)
+        evaluation.add(records[clip.index], clip, untrained_cos)
     result = {**evaluation.summary(), "num_clips": len(records), "checkpoint": str(args.checkpoint),
               "encoder": scorer.config["model"]["encoder_name"], "epoch": scorer.checkpoint["epoch"],
               "aggregate": ev["aggregate"]}
     if labels is not None:
-        result["ranking"] = evaluation.ranking(labels, ev["k_values"])
+        train_emb, why = training_clip_embeddings(args.checkpoint, scorer.checkpoint, scorer.config)
+        result["ranking"] = evaluation.ranking(labels, ev["k_values"], ev["knn_k"], train_emb, why,
+                                               scorer.config["seed"])
+        if selected is not None:
+            selection_warning(result["ranking"], labels, selected, args.selection)
     cli.atomic_write_text(args.output, json.dumps(result, indent=2) + "\n")
     print(f"cosine(pred, clean) {result['mean_cosine_similarity']:.4f} +- "
           f"{result['std_cosine_similarity']:.4f}  vs no-predictor cosine(masked, clean) "
           f"{result['masked_cosine_similarity']:.4f}  ({result['num_clips']} clips, "
           f"{result['num_tubelets']} tubelets)")
     if labels is not None:
-        print(ranking_table(result["ranking"], ev["k_values"]))
+        print(ranking.format_table(result["ranking"]))
+        if "reason" in result["ranking"]["knn_density"]:
+            print(f"knn_density unavailable: {result['ranking']['knn_density']['reason']}")
     print(f"wrote {args.output}")
 
 

@@ -32,9 +32,12 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+import numpy as np
+
 import cli
+import ranking
 from scorefile import is_number as _number, read_meta
-from eval import random_baseline, rank_order, ranking_metrics, ranking_table, read_labels
+from eval import rank_order, read_labels
 from manifest import read_jsonl, read_manifest
 
 THUMB_SIZE = (160, 120)  # box a still fits in: ~4 KB as JPEG
@@ -547,27 +550,39 @@ def clip_list(page, clips):
 
 
 def metrics_block(page):
-    """The ranking metrics eval.py prints, for the trained score against the masked_gap baseline (when
-    infer.py wrote it per clip) and a random ranking of the same clips. @K only for K up to the number of
-    labelled clips: past that every clip is in the top K and the value says nothing."""
+    """The ranking table eval.py prints (ranking.compare: AP and AUROC with 95% bootstrap intervals, the
+    paired differences and the verdict), for the trained score against the masked_gap baseline (when infer.py
+    wrote it per clip) and a random ranking of the same clips (the untrained_head and knn_density baselines
+    need the encoder or the run, so only eval.py has them). @K only for K up to the number of labelled clips:
+    past that every clip is in the top K and the value says nothing."""
     labelled = sum(page.labels.get(c["clip_id"]) is not None for c in page.scored)
     all_ks = cli.load_config()["evaluation"]["k_values"]
     ks = [k for k in all_ks if k <= labelled]
-    scores = {c["clip_id"]: c["score"] for c in page.scored}
-    methods = {"trained": ranking_metrics(scores, page.labels, ks)}
-    if page.scored and all(_number(c.get("masked_gap")) for c in page.scored):
-        methods["masked_gap"] = ranking_metrics({c["clip_id"]: c["masked_gap"] for c in page.scored},
-                                                page.labels, ks)
-        gap = "masked_gap = the no-predictor baseline, 1 &minus; cos(masked, clean)"
-    else:
-        gap = "no masked_gap row: these scores predate infer.py writing it (eval.py reports it)"
-    methods["random"] = random_baseline(page.labels, ks, scores)
+    with_gap = bool(page.scored) and all(_number(c.get("masked_gap")) for c in page.scored)
+    gap = ("masked_gap = the no-predictor baseline, 1 &minus; cos(masked, clean)" if with_gap
+           else "no masked_gap row: these scores predate infer.py writing it (eval.py reports it)")
     hidden = [k for k in all_ks if k > labelled]
     dropped = (f"; @{', @'.join(map(str, hidden))} left out: only {labelled} scored clips are labelled"
                if hidden else "")
-    return (f'<h2>Ranking metrics</h2><pre>{esc(ranking_table(methods, ks))}</pre>'
-            f'<p class="muted">As eval.py --labels reports them, K from config.yaml '
-            f'(evaluation.k_values){dropped}; {gap}; random = the exact expectation of a random ranking.</p>')
+    table = ranking.format_table(compare_labelled(page.scored, page.labels, ks, with_gap))
+    return (f'<h2>Ranking metrics</h2><pre>{esc(table)}</pre><p class="muted">As eval.py --labels reports '
+            f'them, K from config.yaml (evaluation.k_values){dropped}; {gap}; random = the exact expectation '
+            f'of a random ranking. eval.py also reports the untrained_head and knn_density baselines. '
+            f'Labels taken from the top of this ranking make these figures look better than they are: '
+            f'measure on make sample-for-labels labels.</p>')
+
+
+def compare_labelled(scored, labels, ks, with_gap=False):
+    """ranking.compare of the trained score (and the masked_gap baseline when `with_gap`) against random over
+    the scored clips with a 0/1 label."""
+    rows = sorted((c for c in scored if c["score"] is not None and labels.get(c["clip_id"]) is not None),
+                  key=lambda c: c["clip_id"])
+    methods = {"trained": np.array([c["score"] for c in rows], dtype=float)}
+    if with_gap:
+        methods["masked_gap"] = np.array([c["masked_gap"] for c in rows], dtype=float)
+    return ranking.compare({**methods, "random": None},
+                           np.array([labels[c["clip_id"]] for c in rows], dtype=int), ks,
+                           scenes=[c.get("scene", "") for c in rows], clip_ids=[c["clip_id"] for c in rows])
 
 
 def misses_block(page):

@@ -430,6 +430,23 @@ def label_metrics(scores, order, picks, labels, k_values):
     return out
 
 
+def label_intervals(scores, picks, labels, k_values):
+    """ranking.compare (AP and AUROC with 95% bootstrap intervals, paired differences, verdict) of the raw
+    ranking ("trained") against the selection order and a random ranking, on the labelled scored clips."""
+    import ranking
+    rows = sorted((i for i, c in enumerate(scores.ids)
+                   if labels.get(c) is not None and not np.isnan(scores.score[i])),
+                  key=lambda i: scores.ids[i])
+    above = float(np.nanmax(scores.score)) + 1 + len(picks)  # as label_metrics: picks rank above the rest
+    rank_of = {row: r for r, row in enumerate(picks)}
+    raw = np.array([scores.score[i] for i in rows], dtype=float)
+    chosen = np.array([above - rank_of[i] if i in rank_of else scores.score[i] for i in rows], dtype=float)
+    return ranking.compare({"trained": raw, "selection": chosen, "random": None},
+                           np.array([labels[scores.ids[i]] for i in rows], dtype=int), k_values,
+                           scenes=[int(scores.scene[i]) for i in rows],
+                           clip_ids=[scores.ids[i] for i in rows])
+
+
 def metrics_table(metrics, k_values):
     """Fixed-width text: one row per ranking, AP, P@K and positive scenes among the first K."""
     cols = ["AP"] + [f"P@{k}" for k in k_values] + [f"scenes@{k}" for k in k_values]
@@ -508,6 +525,7 @@ def run_select(args, cfg):
         k_values = sorted({k for k in cfg["evaluation"]["k_values"] if k < sel["top"]} | {sel["top"]})
         meta["labels"] = args.labels
         meta["ranking"] = label_metrics(scores, order, picks, labels, k_values)
+        meta["ranking"]["intervals"] = label_intervals(scores, picks, labels, k_values)
     cli.atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in records))
     cli.atomic_write_text(out.with_suffix(".csv"), csv_text(records))
     cli.atomic_write_text(f"{out}.meta.json", json.dumps(meta, indent=1) + "\n")
@@ -519,7 +537,11 @@ def run_select(args, cfg):
         print(f"warning: {len(picks) - len(details)} picked clip(s) not in {args.manifest}: no last frame or "
               f"timestamps for them")
     if args.labels:
-        print(metrics_table(meta["ranking"], k_values))
+        print(metrics_table({k: meta["ranking"][k] for k in ("raw", "selection")}, k_values))
+        import ranking
+        print(ranking.format_table(meta["ranking"]["intervals"]))
+        print("(labels taken from the top of this ranking bias these metrics upward; "
+              "measure on make sample-for-labels labels)")
     print(f"picked {len(picks)} of {len(order)} scored clips, walking {meta['walked']}: folded "
           f"{meta['near_duplicate']} near-duplicates (cosine >= {sel['max_similarity']}) and "
           f"{meta['scene_quota']} over the scene quota ({sel['per_scene'] or 'none'}) -> {out}, "

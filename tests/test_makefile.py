@@ -14,6 +14,7 @@ pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is no
 REQUIRED = {"manifest": ["FRAMES_DIR=drives"], "report": ["SCORES=runs/b/scores.jsonl"],
             "select": ["SCORES=runs/b/scores.jsonl"], "similar": ["SCORES=runs/b/scores.jsonl", "CLIP=c1"],
             "merge": ["SHARDS=a.jsonl b.jsonl", "OUT=s.jsonl"],
+            "sample-for-labels": ["SCORES=runs/b/scores.jsonl"],
             "learn": ["SCORES=runs/b/scores.jsonl", "LABELS=a.jsonl b.jsonl"]}
 
 

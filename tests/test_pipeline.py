@@ -179,12 +179,24 @@ def test_eval_json_schema_and_ranges(tmp_path, trained, tiny_encoder, demo_data)
     assert -1 <= res["mean_cosine_similarity"] <= 1 and 0 <= res["std_cosine_similarity"] <= 2
     assert res["num_clips"] == 15 and res["num_tubelets"] == 60 and len(res["per_scene"]) == 5
     assert res["mean_cosine_similarity"] > res["masked_cosine_similarity"]  # the head beats no head
-    assert set(res["ranking"]) == {"trained", "masked_gap", "random"}  # labelled run: one block per method
-    for block in res["ranking"].values():
+    rk = res["ranking"]
+    methods = ("trained", "masked_gap", "random", "untrained_head", "knn_density")
+    assert set(rk) == {*methods, "differences", "verdict", "bootstrap", "warnings"}
+    for m in methods:  # the reference run keeps its features/ cache, so knn_density is available
+        block = rk[m]
         assert block["num_labelled"] == 15 and block["num_positive"] == 2
         assert 0 < block["average_precision"] <= 1 and set(block["precision_at_k"]) == {"10", "50", "100"}
-    assert res["ranking"]["trained"] != res["ranking"]["random"]
-    assert "masked_gap" in proc.stdout and "random" in proc.stdout  # the comparison table is printed
+        assert 0 <= block["auroc"] <= 1 and len(block["ci"]["average_precision"]) == 2
+    assert rk["trained"] != rk["random"] and rk["random"]["auroc"] == 0.5 and rk["knn_density"]["k"] == 5
+    assert rk["untrained_head"]["average_precision"] != rk["trained"]["average_precision"]
+    assert rk["bootstrap"] == {"resamples": 1000, "unit": "scene", "seed": 42}  # 5 scenes
+    assert {d["verdict"] for d in rk["differences"].values()} == {"too few labels"}  # 2 positives
+    for line in ("masked_gap", "untrained_head", "knn_density", "AUROC", rk["verdict"]):
+        assert line in proc.stdout  # the comparison table and verdict are printed
+    # the untrained head is deterministic: a second eval gives the same numbers
+    run_script("eval.py", "--checkpoint", trained, "--manifest", demo_data, "--encoder", tiny_encoder,
+               "--output", tmp_path / "again.json", "--labels", demo_data.parent / "labels.jsonl", check=True)
+    assert json.loads((tmp_path / "again.json").read_text())["ranking"]["untrained_head"] == rk["untrained_head"]
 
 
 def test_infer_one_line_per_clip_in_order(scored, demo_data):

@@ -18,6 +18,7 @@ from PIL import Image
 import cli
 from manifest import read_manifest
 import eval as evaluation
+import ranking
 import report
 from conftest import REALDATA, run_script, write_jsonl
 
@@ -396,21 +397,20 @@ def test_labels_misses_and_metrics(review, monkeypatch):
     trained = metrics.splitlines()[1].split()
     assert trained[:2] == ["trained", "0.500"] and metrics.splitlines()[2].startswith("random")
     labels, ks = evaluation.read_labels(args[args.index("--labels") + 1]), [10]  # 13 labelled: no @50/@100
-    scores = {r["clip_id"]: r["score"] for r in rows}
-    assert metrics == evaluation.ranking_table({"trained": evaluation.ranking_metrics(scores, labels, ks),
-                                                "random": evaluation.random_baseline(labels, ks, scores)}, ks)
+    expect = report.compare_labelled(rows, labels, ks)
+    assert metrics == ranking.format_table(expect)  # eval's table with intervals and verdict
+    assert expect["trained"]["average_precision"] == pytest.approx(0.5) and "AUROC" in metrics
+    assert "trained vs random: too few labels to tell" in metrics
     assert "@50, @100 left out: only 13 scored clips are labelled" in section(page, "Ranking metrics")
     assert "no masked_gap row" in section(page, "Ranking metrics")
     # scores from an infer.py that writes masked_gap per clip: the baseline gets its row, as in eval.py
     gaps = {r["clip_id"]: round(0.2 - (r["score"] or 0), 6) for r in rows}
-    write_jsonl(args[args.index("--scores") + 1], [{**r, "masked_gap": gaps[r["clip_id"]]} for r in rows])
+    with_gaps = [{**r, "masked_gap": gaps[r["clip_id"]]} for r in rows]
+    write_jsonl(args[args.index("--scores") + 1], with_gaps)
     metrics = html.unescape(section(build(monkeypatch, args), "Ranking metrics").split("<pre>")[1]
                             .split("</pre>")[0])
-    assert metrics == evaluation.ranking_table({
-        "trained": evaluation.ranking_metrics(scores, labels, ks),
-        "masked_gap": evaluation.ranking_metrics({k: v for k, v in gaps.items() if scores[k] is not None},
-                                                 labels, ks),
-        "random": evaluation.random_baseline(labels, ks, scores)}, ks)
+    assert metrics == ranking.format_table(report.compare_labelled(with_gaps, labels, ks, with_gap=True))
+    assert any(line.startswith("masked_gap") for line in metrics.splitlines())
 
 
 def test_selection_prechecked_with_folded_duplicates(review, monkeypatch):

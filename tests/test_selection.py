@@ -89,8 +89,13 @@ def test_select_label_metrics_hand_checked(tmp_path, capsys):
     assert m["selection"]["precision_at_k"] == pytest.approx({"2": 0.5, "3": 2 / 3})
     assert m["raw"]["positive_scenes_at_k"] == {"2": 1, "3": 1}  # a, b: both s1
     assert m["selection"]["positive_scenes_at_k"] == {"2": 1, "3": 2}  # a (s1), e (s3)
+    iv = m["intervals"]  # the same AP through ranking.compare, with intervals and a verdict
+    assert iv["trained"]["average_precision"] == pytest.approx(m["raw"]["average_precision"])
+    assert iv["selection"]["average_precision"] == pytest.approx(m["selection"]["average_precision"])
+    assert iv["differences"]["random"]["verdict"] == "too few labels" and iv["random"]["auroc"] == 0.5
     out = capsys.readouterr().out
-    assert "scenes@3" in out and "selection" in out
+    assert "scenes@3" in out and "selection" in out and "AUROC" in out and iv["verdict"] in out
+    assert "bias these metrics upward" in out
 
 
 def random_clips(n=400, dim=8, seed=0):
