@@ -3,6 +3,7 @@
 Usage:
   python bench.py [--quick] [--device auto|cpu|cuda] [--json bench.json] [--markdown BENCHMARKS.md]
   python bench.py --only select [--quick]   (make select/similar at 1M clips; own BENCHMARKS.md section)
+  python bench.py --only learn [--quick]    (make learn fit + score at 1M clips; own BENCHMARKS.md section)
   python bench.py --only video [--quick]    (1080p H.264 MP4 vs the same frames as JPEG; own section)
   python bench.py --only ranking [--quick]  (eval's bootstrap intervals at 10k labelled clips; own section)
   make bench [BENCH_ARGS=--quick]
@@ -238,10 +239,10 @@ def main():
     p.add_argument("--json", help="also write the figures and ratios to this JSON file")
     p.add_argument("--markdown", default=None,
                    help="Markdown report (default BENCHMARKS.md; none with --quick)")
-    p.add_argument("--only", choices=["select", "fleet", "video", "ranking"], help="run one part only; "
-                   "select: make select/similar at scale; fleet: 1M-line manifests, merge, long clips; video: "
-                   "decode frames/s from MP4 vs JPEG; ranking: eval's bootstrap intervals at 10k labelled "
-                   "clips (default: every part, these four last)")
+    p.add_argument("--only", choices=["select", "learn", "fleet", "video", "ranking"], help="run one part "
+                   "only; select: make select/similar at scale; learn: make learn at 1M clips; fleet: 1M-line "
+                   "manifests, merge, long clips; video: decode frames/s from MP4 vs JPEG; ranking: eval's "
+                   "bootstrap intervals at 10k labelled clips (default: every part, these five last)")
     args = p.parse_args()
     if args.only == "video":
         return bench_video_section(args)
@@ -249,6 +250,8 @@ def main():
         return bench_ranking_section(args)
     if args.only == "select":
         return bench_select_section(args)
+    if args.only == "learn":
+        return bench_learn_section(args)
     if args.only == "fleet":
         return bench_fleet_section(args)
     device = jepa.resolve_device(args.device)
@@ -332,6 +335,7 @@ def main():
         print(f"wrote {md}")
     bench_fleet_section(args)
     bench_select_section(args)
+    bench_learn_section(args)
     bench_video_section(args)
     bench_ranking_section(args)
 
@@ -435,11 +439,12 @@ def make_selection_inputs(folder, n, dim=1024, group=10, seed=0):
     return scores
 
 
-def selection_peak(args):
-    """(seconds, peak RSS MB, RSS MB after imports) of one selection.py command in a fresh process."""
-    code = ("import re, sys, time, selection; "
+def selection_peak(args, module="selection"):
+    """(seconds, peak RSS MB, RSS MB after imports) of one selection.py (or `module`) command in a fresh
+    process."""
+    code = (f"import re, sys, time, {module}; "
             "rss = lambda k: int(re.search(k + r':\s+(\d+)', open('/proc/self/status').read()).group(1)); "
-            "base = rss('VmRSS'); t0 = time.perf_counter(); selection.main(sys.argv[1:]); "
+            f"base = rss('VmRSS'); t0 = time.perf_counter(); {module}.main(sys.argv[1:]); "
             "print('BENCH', time.perf_counter() - t0, rss('VmHWM') / 1024, base / 1024)")
     out = subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=HERE, capture_output=True,
                          text=True)
@@ -581,6 +586,77 @@ SELECT_NOTES = """\
 - similar at 1M reads 4 GB. Here the file was still in the page cache from being written; from a cold disk,
   add the time to read 4 GB."""
 
+
+
+# ---- the probe at scale (issue 20): bench.py --only learn ----
+
+LEARN_HEADING = "## Learning at scale"
+
+
+def bench_learn(quick, labelled=1000):
+    """make learn (fit on `labelled` clips, then p_interesting for every clip) at a small and a large n, over
+    make_selection_inputs' clips; every n/labelled-th clip labelled, 1 and 0 in turn."""
+    sizes = (2_000, 20_000) if quick else (10_000, 1_000_000)
+    work = Path(tempfile.mkdtemp(prefix="jepa-bench-learn-"))
+    res = {"learn_labelled": labelled, "learn_sizes": sizes}
+    try:
+        for n in sizes:
+            scores = make_selection_inputs(work / str(n), n)
+            every = n // labelled
+            labels = work / f"labels{n}.jsonl"
+            labels.write_text("".join(json.dumps({"clip_id": bench_clip(i)[0], "binary_label": j % 2}) + "\n"
+                                      for j, i in enumerate(range(1, n, every))))
+            res[f"learn_{n}"] = selection_peak(["fit", "--scores", scores, "--labels", labels, "--output",
+                                                work / f"probe{n}.jsonl"], module="learn")
+            meta = json.loads(Path(f"{work / f'probe{n}.jsonl'}.meta.json").read_text())
+            res[f"learn_{n}_cv_ap"] = meta["cv_ap"]["probe"]
+            secs, peak, _ = res[f"learn_{n}"]
+            print(f"learn {n}: {secs:.1f}s, peak RSS {peak:.0f} MB, CV AP {meta['cv_ap']['probe']:.3f}",
+                  flush=True)
+            shutil.rmtree(work / str(n))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    small, big = sizes
+    res["learn_rss_ratio"] = res[f"learn_{big}"][1] / res[f"learn_{small}"][1]
+    return res
+
+
+def bench_learn_section(args):
+    """Run bench_learn; outside --quick, (re)write its own section of BENCHMARKS.md and keep the rest."""
+    r = bench_learn(args.quick)
+    small, big = r["learn_sizes"]
+    lines = [f"{'what':<6} {'clips':>9} {'seconds':>8} {'peak RSS':>9} {'above imports':>14}  "
+             f"RSS {big}/{small}"]
+    for n in (small, big):
+        secs, peak, base = r[f"learn_{n}"]
+        ratio = f"  {r['learn_rss_ratio']:.2f} (target <= 1.5)" if n == big else ""
+        lines.append(f"{'learn':<6} {n:>9,} {secs:>8.1f} {peak:>6.0f} MB {peak - base:>11.0f} MB{ratio}")
+    table = "\n".join(lines)
+    print("\n" + table)
+    md = args.markdown or (None if args.quick else "BENCHMARKS.md")
+    if not md:
+        return
+    met = r[f"learn_{big}"][0] < 60 and r["learn_rss_ratio"] <= 1.5
+    intro = (f"`python bench.py --only learn` on {datetime.date.today().isoformat()}, {platform.machine()}, "
+             f"{os.cpu_count()} CPUs: `make learn` (learn.py fit: column statistics over every clip, the "
+             f"probe fitted and C chosen by scene-grouped 5-fold CV on {r['learn_labelled']:,} labelled "
+             f"clips, "
+             f"then p_interesting written for every clip) over the same synthetic D=1024 embeddings as "
+             f"'Selection at scale' (every n/1,000-th clip labelled, 1 and 0 in turn), in a fresh process.")
+    verdict = (f"Targets (fit + score < 60 s at {big:,} clips; RSS {big:,}/{small:,} <= 1.5): "
+               f"{'met' if met else 'MISSED'} in this run. The embeddings are read in selection.chunk_mb "
+               f"chunks twice (statistics, then scoring); only the labelled rows are held whole.")
+    section = f"{LEARN_HEADING}\n\n{textwrap.fill(intro, 112)}\n\n```\n{table}\n```\n\n" \
+              f"{textwrap.fill(verdict, 112)}\n"
+    old = Path(md).read_text() if Path(md).exists() else "# Benchmarks\n"
+    if LEARN_HEADING in old:
+        head, rest = old.split(LEARN_HEADING, 1)
+        tail = rest[rest.index("\n## ") + 1:] if "\n## " in rest else ""
+        text = head + section + ("\n" + tail if tail else "")
+    else:
+        text = old.rstrip("\n") + "\n\n" + section
+    Path(md).write_text(text)
+    print(f"wrote {md} ({LEARN_HEADING})")
 
 
 # ---- video decode (issue 21): bench.py --only video ----

@@ -300,3 +300,25 @@ def test_manifest_cell_builds_video_manifests(monkeypatch, tmp_path):
     assert rows[0]["frame_indices"] == [0, 2, 4, 6] and rows[0]["camera"] == "front"
     val = [json.loads(x) for x in Path(ns["VAL_MANIFEST"]).read_text().splitlines()]
     assert val and {r["split"] for r in val} == {"val"}
+
+
+def test_learn_cell_runs_only_with_a_labels_file(monkeypatch, tmp_path, capsys):
+    """Step 14: without a labels file it only says where to put one; with it, learn.py fit on the scores,
+    then selection.py select --rank-by mix with the probe (which marks the labelled clips)."""
+    calls = []
+    names = dict(RUN_DIR=str(tmp_path), SCORES=str(tmp_path / "scores-fleet.jsonl"), TOP=20, DATA_ROOT="",
+                 SCORE_MANIFEST=str(tmp_path / "fleet.jsonl"), REPO_DIR=str(ROOT),
+                 run_live=lambda cmd, cwd=None, show=None: calls.append(cmd))
+    monkeypatch.delenv("JEPA_REVIEW_LABELS", raising=False)
+    cells, ns = cell_namespace(monkeypatch, **names)
+    exec(cells["learn"], ns)
+    assert calls == [] and "no labels file" in capsys.readouterr().out
+    (tmp_path / "review_labels.jsonl").write_text('{"clip_id": "a", "binary_label": 1}\n')
+    exec(cells["learn"], ns)
+    fit, select = calls
+    probe = str(tmp_path / "probe-fleet.jsonl")
+    assert fit[1:] == [str(ROOT / "learn.py"), "fit", "--scores", names["SCORES"], "--labels",
+                       str(tmp_path / "review_labels.jsonl"), "--output", probe]
+    assert select[1:4] == [str(ROOT / "selection.py"), "select", "--scores"]
+    assert select[select.index("--rank-by") + 1] == "mix" and select[select.index("--probe") + 1] == probe
+    assert select[select.index("--output") + 1] == str(tmp_path / "round2-fleet.jsonl")
