@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 import cli
+import ranking
 from selection import Embeddings, Scores, read_meta
 
 C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
@@ -257,11 +258,7 @@ def check_encoder(probe, probe_path, scores, emb):
 
 def honest_report(scores, rows, y, cv_p, emb, chunk_rows, k_values, seed=SEED):
     """CV-predicted probabilities of the probe beside the novelty score, knn_density and random on the same
-    labelled clips, through ranking.compare (the ranking-trust machinery). None when it is not available."""
-    try:
-        import ranking
-    except ImportError:
-        return None, None
+    labelled clips, through ranking.compare (the ranking-trust machinery eval.py uses)."""
     novelty = scores.score[rows]
     keep = ~np.isnan(novelty)
     rng = np.random.default_rng(seed)
@@ -273,7 +270,7 @@ def honest_report(scores, rows, y, cv_p, emb, chunk_rows, k_values, seed=SEED):
     k = min(10, len(ref) - 1)
     density = ranking.knn_density(query, ref_x, k + 1)  # the clip itself is in ref: k + 1 skips it
     methods = {"probe": cv_p[keep], "novelty": novelty[keep], "knn_density": np.asarray(density)[keep],
-               "random": rng.random(int(keep.sum()))}
+               "random": None}  # None: the exact expectation of a random ranking
     scenes = np.array([scores.scene_names[s] for s in scores.scene[rows]])[keep]
     result = ranking.compare(methods, y[keep].astype(int), k_values, scenes=scenes, reference="probe",
                              seed=seed)
@@ -328,13 +325,12 @@ def run_fit(args, cfg):
     p = probabilities(emb, probe, chunk_rows)
     k_values = [k for k in cfg["evaluation"]["k_values"] if k <= len(y)] or [len(y)]
     report, table = honest_report(scores, rows, y, cv_p, emb, chunk_rows, k_values)
-    from eval import ranking_metrics  # plain CV AP beside novelty; the full report needs ranking.py
     ids = [f"r{i}" for i in range(len(y))]
     truth = dict(zip(ids, y.astype(int).tolist()))
     novelty = scores.score[rows]
     nov = {i: None if math.isnan(v) else float(v) for i, v in zip(ids, novelty)}
-    cv_ap = {"probe": ranking_metrics(dict(zip(ids, cv_p.tolist())), truth, k_values)["average_precision"],
-             "novelty": ranking_metrics(nov, truth, k_values)["average_precision"],
+    cv_ap = {"probe": ranking.ranking_metrics(dict(zip(ids, cv_p.tolist())), truth, k_values)["average_precision"],
+             "novelty": ranking.ranking_metrics(nov, truth, k_values)["average_precision"],
              "positive_rate": pos / len(y)}
     write_probabilities(out, scores, p, labels)
     cli.atomic_write(f"{out}.probe.npz", lambda f: np.savez(f, **probe))

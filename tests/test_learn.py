@@ -76,6 +76,11 @@ def test_learn_end_to_end_and_apply(tmp_path):
     assert p[unl][y[unl] == 1].mean() > p[unl][y[unl] == 0].mean() + 0.3
     meta = json.loads((tmp_path / "probe.jsonl.meta.json").read_text())
     assert meta["C"] in learn.C_GRID and meta["labelled"] == 30 and len(meta["conflicts"]) == 1
+    report = meta["report"]  # the probe's CV-predicted ranking against the cheap alternatives (issue 20.3)
+    assert set(report["differences"]) == {"novelty", "knn_density", "random"}
+    assert report["probe"]["average_precision"] == meta["cv_ap"]["probe"]
+    assert report["differences"]["random"]["verdict"] in {"better", "not distinguishable", "too few labels"}
+    assert report["bootstrap"]["resamples"] >= 1000 and report["verdict"] in proc.stdout
     again = tmp_path / "again.jsonl"
     run_script("learn.py", "fit", "--scores", scores, "--labels", first, second, "--output", again,
                check=True)
