@@ -14,6 +14,7 @@ Shapes: a tubelet is T=data.tubelet_size frames of S=data.image_size pixels, uin
 encoder's video processor and float (T, 3, S', S') after it; an embedding is D floats (D = the encoder's
 hidden_size, 1024 for ViT-L). Manifests (reading, validating, building) live in manifest.py.
 """
+import ctypes
 import hashlib
 import json
 import os
@@ -37,6 +38,19 @@ import scorefile
 
 FORMAT_VERSION = 1  # checkpoint format; bump when its keys change meaning
 SLICE_TUBELETS = 8  # tubelets decoded at once per clip: memory stays flat however long a clip is
+
+
+def _hand_big_buffers_back():
+    """glibc raises its mmap threshold each time a big buffer is freed; after that, freed pixel batches stay
+    in the heap, fragment it, and a process's RSS grows ~1.5 MB per frame of a long clip (issue 22). A fixed
+    1 MiB threshold gives every buffer that big back to the OS when it is freed. Nothing off glibc."""
+    try:
+        ctypes.CDLL(None).mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError, TypeError):
+        pass
+
+
+_hand_big_buffers_back()
 
 
 # ==================================================================================================
