@@ -227,6 +227,12 @@ class Problems:
             except ValueError:  # absolute and relative paths mixed
                 entry[1] = ""
 
+    def __iadd__(self, messages):
+        """`problems += [message, ...]` (the video checks return plain lists)."""
+        for message in messages:
+            self.add(message)
+        return self
+
     def __len__(self):
         return self.count
 
