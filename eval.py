@@ -103,7 +103,8 @@ class Evaluation:
         self.gaps[rec["clip_id"]] = scorefile.clip_score(clip.baseline_novelty(), self.aggregate)
         self.scene[rec["clip_id"]] = rec["scene"]
         if untrained_cos is not None:
-            self.untrained[rec["clip_id"]] = scorefile.clip_score((1 - untrained_cos).tolist(), self.aggregate)
+            self.untrained[rec["clip_id"]] = scorefile.clip_score((1 - untrained_cos).tolist(),
+                                                                  self.aggregate)
             self.clip_emb[rec["clip_id"]] = clip.clip_emb.float().numpy()
 
     def summary(self):

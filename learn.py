@@ -329,7 +329,8 @@ def run_fit(args, cfg):
     truth = dict(zip(ids, y.astype(int).tolist()))
     novelty = scores.score[rows]
     nov = {i: None if math.isnan(v) else float(v) for i, v in zip(ids, novelty)}
-    cv_ap = {"probe": ranking.ranking_metrics(dict(zip(ids, cv_p.tolist())), truth, k_values)["average_precision"],
+    cv_ap = {"probe": ranking.ranking_metrics(dict(zip(ids, cv_p.tolist())), truth,
+                                              k_values)["average_precision"],
              "novelty": ranking.ranking_metrics(nov, truth, k_values)["average_precision"],
              "positive_rate": pos / len(y)}
     write_probabilities(out, scores, p, labels)
