@@ -353,6 +353,19 @@ def atomic_write_text(path, text):
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
+def remove_earlier_set(*paths):
+    """Delete an earlier run's files of a set (a scores file and its .emb.npy, a selection and its CSV)
+    before the new set is written, so a kill between two of its writes never leaves a new file beside an old
+    one that no longer matches it; the rerun writes the whole set again. A symlink's target is deleted, not
+    the link."""
+    for path in paths:
+        target = output_target(path)
+        try:
+            target.unlink(missing_ok=True)
+        except OSError as e:
+            raise _write_error(path, e)
+
+
 @contextlib.contextmanager
 def exclusive_lock(path, what):
     """Hold an exclusive advisory lock (flock) on the lock file `path` for the `with` block, or raise a

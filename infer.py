@@ -368,6 +368,8 @@ def merge_locked(args, out):
                 lines.write(reader.line)
                 emb.write(reader.row())
                 failed += "error" in parse_row(reader.line)
+            # every shard line checked: the earlier set goes, so a kill never leaves new rows beside old lines
+            cli.remove_earlier_set(out, f"{out}.meta.json")
         cli.atomic_write(f"{out}.emb.npy", write_rows)
 
     cli.atomic_write(out, write_both)

@@ -526,6 +526,7 @@ def run_select(args, cfg):
         meta["labels"] = args.labels
         meta["ranking"] = label_metrics(scores, order, picks, labels, k_values)
         meta["ranking"]["intervals"] = label_intervals(scores, picks, labels, k_values)
+    cli.remove_earlier_set(out, out.with_suffix(".csv"), f"{out}.meta.json")
     cli.atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in records))
     cli.atomic_write_text(out.with_suffix(".csv"), csv_text(records))
     cli.atomic_write_text(f"{out}.meta.json", json.dumps(meta, indent=1) + "\n")

@@ -5,6 +5,7 @@ import errno
 import json
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -389,3 +390,25 @@ def test_5000_bad_label_lines_are_capped_and_counted(tmp_path):
     lines = str(e.value).splitlines()
     assert len(lines) < 50 and lines[0] == f"{labels}:1: binary_label must be 0, 1 or null, got 'yes'"
     assert lines[-1].startswith(f"... and 4,980 more of the same kind, e.g. {labels}:21: binary_label")
+
+
+# ---- 7. a kill between the files of a set never leaves a new file beside an old one ----
+
+def test_kill_between_the_files_of_a_set_leaves_no_mismatched_pair(tmp_path, slurm_shards, demo_data, scored):
+    merged = tmp_path / "merged.jsonl"
+    for suffix in ("", ".emb.npy", ".meta.json"):  # an earlier merge's set, from other scores
+        Path(f"{merged}{suffix}").write_bytes(b"old")
+    # killed once the new rows file is in place, before its lines file replaces the old one
+    killed = run_script("infer.py", "--merge", *slurm_shards[0], "--manifest", demo_data, "--output", merged,
+                        env={"JEPA_TEST_KILL_AT": f"atomic_write:{merged.name}"})
+    assert killed.returncode == -9
+    assert not merged.exists() and not Path(f"{merged}.meta.json").exists()
+    run_script("infer.py", "--merge", *slurm_shards[0], "--manifest", demo_data, "--output", merged, check=True)
+    assert merged.read_bytes() == scored.read_bytes()  # the rerun writes the whole set
+    sel = tmp_path / "sel.jsonl"
+    for path in (sel, sel.with_suffix(".csv"), Path(f"{sel}.meta.json")):
+        path.write_text("old")
+    killed = run_script("selection.py", "select", "--scores", merged, "--output", sel,
+                        env={"JEPA_TEST_KILL_AT": "atomic_write:sel.csv"})
+    assert killed.returncode == -9 and sel.read_text() != "old"
+    assert not sel.with_suffix(".csv").exists() and not Path(f"{sel}.meta.json").exists()
