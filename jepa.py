@@ -616,6 +616,10 @@ def head_from_checkpoint(ckpt, path, device="cpu", model=None):
         first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise cli.UserError(f"{path}: its weights do not fit the head its config describes ({first}); "
                         f"not a usable jepa-clips checkpoint")
+    bad = [name for name, w in head.state_dict().items() if not torch.isfinite(w).all()]
+    if bad:  # train.py stops at the first non-finite loss, so only a damaged file has these
+        raise cli.UserError(f"{path}: weights {', '.join(bad[:3])} hold NaN or infinity; not a usable "
+                            f"jepa-clips checkpoint (use another one, e.g. an epoch_NNN.pt)")
     return head.to(device).eval()
 
 
@@ -668,6 +672,10 @@ def load_for_scoring(checkpoint, device="auto", sets=(), **named):
     overridden (masks must match training), resolved once, and the encoder checked against the one the head
     was trained on."""
     ckpt = load_checkpoint(checkpoint)
+    try:
+        cli.load_config(base=ckpt["config"])
+    except cli.UserError as e:  # a hand-edited config inside the file
+        raise cli.UserError(f"{checkpoint}: {e}; not a usable jepa-clips checkpoint")
     cfg = cli.load_config(None, sets, base=ckpt["config"], **named)
     cli.refuse_changes(ckpt["config"], cfg, "scoring", f"the training config of {checkpoint}",
                    "masks and features must match training, so only "

@@ -208,6 +208,8 @@ def test_run_dir_that_is_a_file(tmp_path, tiny_encoder, demo_data):
     (lambda c: c.update(config="text"), r"config missing or malformed"),
     (lambda c: c.update(format_version="1"), r"format_version missing or malformed"),
     (lambda c: c["model_state"].update({"norm.weight": torch.zeros(3)}), r"its weights do not fit the head"),
+    (lambda c: c["model_state"]["norm.weight"].fill_(float("nan")), r"weights norm.weight hold NaN"),
+    (lambda c: c["config"]["data"].update(tubelet_size="two"), r"data.tubelet_size must be int"),
 ])
 def test_malformed_checkpoints_are_one_line(tmp_path, reference, tiny_encoder, demo_data, corrupt, message):
     ckpt = torch.load(reference / "best.pt", weights_only=True)
