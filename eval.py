@@ -16,6 +16,7 @@ AUROC with 95% bootstrap intervals, paired differences and a verdict (README, ev
 import argparse
 import json
 import sys
+import tempfile
 from collections import defaultdict
 from pathlib import Path
 
@@ -168,12 +169,47 @@ def score_with_untrained(scorer, records, head):
                untrained_cos)
 
 
-def training_clip_embeddings(checkpoint_path, ckpt, cfg):
-    """(array (n_train, D) of the training clips' clip embeddings, None) derived from the run folder's
-    features/ cache (the mean clean tubelet embedding per training clip, the same vector as a row of
-    infer.py's OUT.emb.npy), or (None, reason) when the run folder cannot give them."""
-    import torch  # lazily, as everywhere in this file
+def training_clip_embeddings(checkpoint_path, ckpt, cfg, scratch):
+    """(array (n_train, D), None) of the training clips' clip embeddings, memory-mapped so 1M clips need not
+    fit in memory: the run folder's train_clip_emb.npy (train.py writes it), or for runs from before it,
+    derived from the features/ cache into a file under `scratch`; (None, reason) when neither can give
+    them."""
     run_dir = Path(checkpoint_path).parent
+    saved = run_dir / "train_clip_emb.npy"
+    try:
+        tag = json.loads((run_dir / "train_clip_emb.json").read_text())
+        emb = np.load(saved, mmap_mode="r")
+        if tag["features_fingerprint"] == ckpt.get("features_fingerprint") and emb.shape[0] == tag["rows"] \
+                and emb.ndim == 2 and emb.dtype == np.float32:
+            return emb, None
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # missing, torn or from other features: derive them from features/ instead
+    return derived_clip_embeddings(run_dir, cfg, Path(scratch) / "train_clip_emb.npy")
+
+
+def training_clip_ids(run_dir, cfg):
+    """The clip_ids the run trained on, from the manifest recorded in its folder; ValueError(reason) if
+    unknown."""
+    record = run_dir / "manifest.json"
+    try:
+        recorded = json.loads(record.read_text())
+        path = recorded["path"]
+        if not Path(path).is_file() or cli.file_sha256(path) != recorded["sha256"]:
+            raise ValueError(f"{path}: the training manifest of {run_dir} is gone or changed since training")
+        records = read_manifest(path, cfg["data"]["root"], cfg["data"]["tubelet_size"])
+    except cli.UserError as e:
+        raise ValueError(f"cannot read the training manifest: {e}")
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ValueError(f"{record}: missing or unreadable, so the training clips are unknown")
+    splits = assign_splits(records, cfg["seed"], cfg["data"]["val_fraction"],
+                           cfg["data"]["use_manifest_split"])
+    return {r["clip_id"] for r, s in zip(records, splits) if s == "train"}
+
+
+def derived_clip_embeddings(run_dir, cfg, out):
+    """The training clips' mean clean tubelet embeddings from the run's features/ cache, written row by row
+    to the .npy `out` (one chunk in memory at a time) and returned memory-mapped, or (None, reason)."""
+    import torch  # lazily, as everywhere in this file
     link = run_dir / "features_from.txt"
     folders = [run_dir / "features"]
     if link.exists():
@@ -183,32 +219,26 @@ def training_clip_embeddings(checkpoint_path, ckpt, cfg):
     if not chunks:
         return None, f"no features/ cache in {run_dir} (the run folder of the checkpoint) to take the " \
                      "training clips' embeddings from"
-    record = run_dir / "manifest.json"
     try:
-        recorded = json.loads(record.read_text())
-        path = recorded["path"]
-        if not Path(path).is_file() or cli.file_sha256(path) != recorded["sha256"]:
-            return None, f"{path}: the training manifest of {run_dir} is gone or changed since training"
-        records = read_manifest(path, cfg["data"]["root"], cfg["data"]["tubelet_size"])
-    except cli.UserError as e:
-        return None, f"cannot read the training manifest: {e}"
-    except (OSError, ValueError, KeyError, TypeError):
-        return None, f"{record}: missing or unreadable, so the training clips are unknown"
-    splits = assign_splits(records, cfg["seed"], cfg["data"]["val_fraction"],
-                           cfg["data"]["use_manifest_split"])
-    train_ids = {r["clip_id"] for r, s in zip(records, splits) if s == "train"}
-    found = {}
-    for chunk in chunks:  # one chunk in memory at a time; only the per-clip means are kept
+        train_ids = training_clip_ids(run_dir, cfg)
+    except ValueError as e:
+        return None, str(e)
+    emb, seen = None, set()
+    for chunk in chunks:
         try:
             data = torch.load(chunk, map_location="cpu", weights_only=True)
             for clip_id, clean in zip(data["clip_ids"], data["clean"].split(data["counts"])):
-                if clip_id in train_ids and clip_id not in found:
-                    found[clip_id] = clean.float().mean(dim=0).numpy()
+                if clip_id in train_ids and clip_id not in seen:
+                    if emb is None:
+                        shape = (len(train_ids), clean.shape[1])
+                        emb = np.lib.format.open_memmap(out, "w+", np.float32, shape)
+                    emb[len(seen)] = clean.float().mean(dim=0).numpy()
+                    seen.add(clip_id)
         except Exception as e:  # torn or foreign chunk: the baseline is unavailable, eval goes on
             return None, f"{chunk}: unreadable feature chunk ({type(e).__name__})"
-    if not found:
+    if not seen:
         return None, f"the features/ cache of {run_dir} holds none of its training clips"
-    return np.stack([found[c] for c in sorted(found)]), None
+    return emb[:len(seen)], None
 
 
 def main(argv=None):
@@ -238,9 +268,12 @@ def main(argv=None):
               "encoder": scorer.config["model"]["encoder_name"], "epoch": scorer.checkpoint["epoch"],
               "aggregate": ev["aggregate"]}
     if labels is not None:
-        train_emb, why = training_clip_embeddings(args.checkpoint, scorer.checkpoint, scorer.config)
-        result["ranking"] = evaluation.ranking(labels, ev["k_values"], ev["knn_k"], train_emb, why,
-                                               scorer.config["seed"])
+        with tempfile.TemporaryDirectory() as scratch:
+            train_emb, why = training_clip_embeddings(args.checkpoint, scorer.checkpoint, scorer.config,
+                                                      scratch)
+            result["ranking"] = evaluation.ranking(labels, ev["k_values"], ev["knn_k"], train_emb, why,
+                                                   scorer.config["seed"])
+            del train_emb  # the memory map, closed before its folder goes
         if selected is not None:
             selection_warning(result["ranking"], labels, selected, args.selection)
     cli.atomic_write_text(args.output, json.dumps(result, indent=2) + "\n")

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import yaml
 from tqdm import tqdm
@@ -133,6 +134,7 @@ def encode_stage(args, cfg, splits, encoder, device, run_dir):
     fingerprint = features_fingerprint(encoder, clips, cfg)
     features = load_or_encode_features(encoder, clips, cfg, feature_folders(args, run_dir), fingerprint,
                                        jepa.num_workers(cfg, device))
+    write_training_clip_embeddings(run_dir, [features[r["clip_id"]] for r in splits.train], fingerprint)
     train_set = jepa.TubeletFeatures.cat([features[r["clip_id"]] for r in splits.train]).to(device)
     val_set = jepa.TubeletFeatures.cat([features[r["clip_id"]] for r in splits.val]).to(device)
     identity = {"encoder_name": cfg["model"]["encoder_name"],
@@ -140,6 +142,16 @@ def encode_stage(args, cfg, splits, encoder, device, run_dir):
                 "encoder_fingerprint": encoder.fingerprint,
                 "embed_dim": encoder.embed_dim, "features_fingerprint": fingerprint}
     return train_set, val_set, identity
+
+
+def write_training_clip_embeddings(run_dir, train_features, fingerprint):
+    """RUN/train_clip_emb.npy: (n_train, D) float32, one row per training clip, the mean of its clean tubelet
+    embeddings (the vector infer.py writes to OUT.emb.npy), for eval.py's knn_density baseline, which reads
+    it memory-mapped; RUN/train_clip_emb.json ties it to the features it came from."""
+    emb = np.stack([f.clean_emb.float().mean(dim=0).numpy() for f in train_features]).astype(np.float32)
+    cli.atomic_write(run_dir / "train_clip_emb.npy", lambda f: np.save(f, emb))
+    cli.atomic_write_text(run_dir / "train_clip_emb.json",
+                          json.dumps({"features_fingerprint": fingerprint, "rows": len(emb)}) + "\n")
 
 
 def features_fingerprint(encoder, clips, cfg):

@@ -181,5 +181,25 @@ def test_eval_flags_labels_taken_from_a_selection(tmp_path):
 
 def test_knn_baseline_unavailable_without_a_features_cache(tmp_path):
     import eval as evaluation
-    emb, why = evaluation.training_clip_embeddings(tmp_path / "best.pt", {}, {})
+    emb, why = evaluation.training_clip_embeddings(tmp_path / "best.pt", {}, {}, tmp_path)
     assert emb is None and "no features/ cache" in why and str(tmp_path) in why
+
+
+def test_training_clip_embeddings_saved_by_train_equal_those_derived_from_features(tmp_path, reference):
+    import yaml
+
+    import eval as evaluation
+    import jepa
+    ckpt = jepa.load_checkpoint(reference / "best.pt")
+    cfg = yaml.safe_load((reference / "config.yaml").read_text())
+    saved, why = evaluation.training_clip_embeddings(reference / "best.pt", ckpt, cfg, tmp_path)
+    assert why is None and isinstance(saved, np.memmap) and not (tmp_path / "train_clip_emb.npy").exists()
+    # a file from other features (its fingerprint differs) is not trusted: derived from features/ instead
+    derived, why = evaluation.training_clip_embeddings(reference / "best.pt", {**ckpt, "features_fingerprint":
+                                                                             "other"}, cfg, tmp_path)
+    assert why is None and (tmp_path / "train_clip_emb.npy").is_file() and derived.shape == saved.shape
+    assert saved.shape[0] >= 10 and saved.dtype == np.float32  # 12 of the 15 demo clips train
+
+    def by_rows(a):
+        return np.asarray(a)[np.lexsort(np.asarray(a).T)]
+    np.testing.assert_allclose(by_rows(saved), by_rows(derived), rtol=0, atol=1e-6)
