@@ -99,6 +99,10 @@ def make_clips(folder, scenes=5, clips_per_scene=3, frames=8, novel=("scene_2", 
 # ---- the demo's data: ordinary drives to train on, a held-out set with planted anomalies ----
 
 FRAME_SIZE = (320, 180)
+FLEET_SCENES, PLANTED, GLARE = 30, 36, 30  # the fleet: 90 clips, 36 with the red block, 30 with sun glare
+BATCH = 16  # clips per review round
+# the fleet's clips are few and alike under the random tiny encoder: fold only near-identical ones
+SELECT_SET = ["--set", "selection.max_similarity=0.995"]
 
 
 def scene_look(rng):
@@ -126,10 +130,12 @@ def drive_background(look):
     return img, road & (np.abs(x - w / 2) < 1 + half * 0.03), (y - horizon) * 0.3, horizon
 
 
-def drive_frame(t, look, background, rng, car=None, planted=None):
+def drive_frame(t, look, background, rng, car=None, planted=None, glare=None):
     """One frame of a drive at time t: lane dashes moving with `look`'s speed over `background`
     (drive_background). `car` = (x, width, grey): an ordinary dark car ahead (half the clips have one);
-    `planted` = (x, y, w, h): the anomaly, a large saturated red block."""
+    `planted` = (x, y, w, h): the anomaly, a large saturated red block; `glare` = (x, y, strength, peak,
+    radius, tint): the boring novelty, sun glare washing the frame out towards `tint` (a near-white RGB), by
+    `strength` at least and up to `peak` within ~radius pixels of (x, y)."""
     base, centre, depth, horizon = background
     img = base.copy()
     img[centre & ((depth + t * look["speed"]) % 12 < 6)] = 235
@@ -140,13 +146,19 @@ def drive_frame(t, look, background, rng, car=None, planted=None):
     if planted is not None:
         px, py, pw, ph = planted
         img[int(py):int(py + ph), max(int(px), 0):max(int(px + pw), 0)] = [230, 20, 20]
+    if glare is not None:
+        gx, gy, strength, peak, radius, tint = glare
+        y, x = np.mgrid[0:FRAME_SIZE[1], 0:FRAME_SIZE[0]]
+        wash = strength + (peak - strength) * np.exp(-((x - gx) ** 2 + (y - gy) ** 2) / (2 * radius ** 2))
+        img += (np.array(tint, np.float32) - img) * wash[:, :, None].astype(np.float32)
     img += rng.standard_normal(img.shape, dtype=np.float32) * 4
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
 
 
-def write_drives(folder, name, scenes, clips_per_scene, frames, rng, planted=()):
+def write_drives(folder, name, scenes, clips_per_scene, frames, rng, planted=(), glare=()):
     """Write `scenes` drives of `clips_per_scene` clips as JPEGs plus NAME.jsonl (no split field) and
-    NAME_labels.jsonl; clips whose ids are in `planted` get the red block in every frame."""
+    NAME_labels.jsonl; clips whose ids are in `planted` get the red block in every frame (label 1), clips in
+    `glare` sun glare (label 0: novel, but not what a reviewer wants)."""
     lines, labels = [], []
     w, h = FRAME_SIZE
     for s in range(scenes):
@@ -157,14 +169,19 @@ def write_drives(folder, name, scenes, clips_per_scene, frames, rng, planted=())
             car = (w / 2 - 15 + rng.uniform(-30, 30), rng.uniform(20, 40), rng.uniform(20, 70)) \
                 if rng.random() < 0.5 else None
             if clip_id in planted:  # ~35% x 40% of the frame, drifting a few pixels per frame
-                pw, ph = 0.35 * w, 0.4 * h
+                size = rng.uniform(0.4, 1.0)  # some subtle: novelty ranks those below strong glare
+                pw, ph = 0.35 * w * size, 0.4 * h * size
                 px, vx, py = rng.uniform(0, w - pw), rng.uniform(-6, 6), rng.uniform(0.45, 0.55) * h
+            sun = (rng.uniform(0, w), rng.uniform(0, 0.4 * h), 0.0, rng.uniform(0.7, 1.0),
+                   rng.uniform(25, 60),
+                   [255, rng.uniform(225, 255), rng.uniform(170, 255)]) if clip_id in glare else None
             paths = []
             for f in range(frames):
                 rel = f"{name}/{scene}/clip{c}_frame_{f:03d}.jpg"
                 (folder / rel).parent.mkdir(parents=True, exist_ok=True)
                 block = (px + vx * f, py, pw, ph) if clip_id in planted else None
-                drive_frame(c * frames + f, look, background, rng, car, block).save(folder / rel, quality=90)
+                frame = drive_frame(c * frames + f, look, background, rng, car, block, sun)
+                frame.save(folder / rel, quality=90)
                 paths.append(rel)
             lines.append({"clip_id": clip_id, "scene_id": scene, "camera": "CAM_FRONT", "frame_paths": paths})
             labels.append({"clip_id": clip_id, "binary_label": int(clip_id in planted)})
@@ -173,17 +190,21 @@ def write_drives(folder, name, scenes, clips_per_scene, frames, rng, planted=())
     return folder / f"{name}.jsonl"
 
 
-def make_demo_data(folder, seed=42, train_scenes=8, fleet_scenes=6, clips_per_scene=3, frames=8, planted=3):
+def make_demo_data(folder, seed=42, train_scenes=8, fleet_scenes=FLEET_SCENES, clips_per_scene=3,
+                   frames=8, planted=PLANTED, glare=GLARE):
     """train.jsonl (ordinary drives) and fleet.jsonl + fleet_labels.jsonl (new ordinary drives, `planted`
-    clips with the red block) under `folder`, all drawn from `seed`. Returns {train, fleet, labels,
-    planted}."""
+    clips with the red block, labelled 1, and `glare` other clips with sun glare, labelled 0) under `folder`,
+    all drawn from `seed`. Returns {train, fleet, labels, planted, glare}."""
     folder = Path(folder)
     rng = np.random.default_rng(seed)
     train = write_drives(folder, "train", train_scenes, clips_per_scene, frames, rng)
     ids = [f"fleet_{s:02d}__CAM_FRONT__{c:03d}" for s in range(fleet_scenes) for c in range(clips_per_scene)]
-    chosen = sorted(rng.choice(ids, planted, replace=False).tolist())
-    fleet = write_drives(folder, "fleet", fleet_scenes, clips_per_scene, frames, rng, set(chosen))
-    return {"train": train, "fleet": fleet, "labels": folder / "fleet_labels.jsonl", "planted": chosen}
+    drawn = rng.choice(ids, planted + glare, replace=False).tolist()
+    chosen, glared = sorted(drawn[:planted]), sorted(drawn[planted:])
+    fleet = write_drives(folder, "fleet", fleet_scenes, clips_per_scene, frames, rng, set(chosen),
+                         set(glared))
+    return {"train": train, "fleet": fleet, "labels": folder / "fleet_labels.jsonl", "planted": chosen,
+            "glare": glared}
 
 
 # ---- running it ----
@@ -219,26 +240,25 @@ def steps(data, run_dir, encoder, seed, epochs):
                          str(data["labels"]), "--output", str(run_dir / "eval.json"), *enc]),
             ("infer.py", ["--checkpoint", ckpt, "--manifest", str(data["fleet"]), "--output", scores, *enc]),
             ("selection.py", ["select", "--scores", scores, "--manifest", str(data["fleet"]), "--labels",
-                              str(data["labels"]), "--top", "6", "--output", selection]),
+                              str(data["labels"]), "--top", str(BATCH), *SELECT_SET, "--output", selection]),
             ("report.py", ["--scores", scores, "--manifest", str(data["fleet"]), "--labels",
                            str(data["labels"]), "--selection", selection, "--top", "6", "--bottom", "6",
                            "--output", str(run_dir / "report.html")])]
 
 
 def verdict(ranking):
-    """One line: does the trained head rank the labelled clips above the no-predictor and random baselines?"""
+    """One line: does the trained head rank the interesting (labelled 1) clips above the no-predictor and
+    random baselines? Only as far as the 95% intervals of the paired AP differences (eval.py's) say."""
     ap = {m: ranking[m]["average_precision"] for m in ("trained", "masked_gap", "random")}
     if ap["trained"] is None:
         return "verdict: no positive labels, so there is nothing to rank"
-    t, g, r = ap["trained"], ap["masked_gap"], ap["random"]
-    if t > g and t > r:
-        return ("verdict: the trained head ranks the planted clips best "
-                f"(AP {t:.3f}; masked_gap {g:.3f}, random {r:.3f})")
-    if t > r:
-        return (f"verdict: the trained head beats random (AP {t:.3f} vs {r:.3f}) but not masked_gap "
-                f"({g:.3f}): training did not help")
-    return (f"verdict: the trained head is no better than random (AP {t:.3f} vs {r:.3f}): "
-            "it missed the planted clips")
+    said = {"better": "better than", "worse": "worse than", "not distinguishable": "not distinguishable from",
+            "too few labels": "untested (too few labels) vs"}
+    by_verdict = {}
+    for b in ("random", "masked_gap"):
+        by_verdict.setdefault(ranking["differences"][b]["verdict"], []).append(f"{b} ({ap[b]:.3f})")
+    words = "; ".join(f"{said[v]} {' and '.join(names)}" for v, names in by_verdict.items())
+    return f"verdict: the trained head's AP {ap['trained']:.3f} is {words}"
 
 
 def ranks_of(scores_path, clip_ids):
@@ -272,8 +292,71 @@ def run_demo(data_dir, run_dir, seed=42, epochs=8, step=run_subprocess):
         step(script, args)
     ranks, order = ranks_of(run_dir / "scores.jsonl", data["planted"])
     sel = json.loads((run_dir / "selection.jsonl.meta.json").read_text())
-    return {"ranking": ranking, "verdict": line, "planted": data["planted"], "ranks": ranks, "order": order,
-            "selection": sel}
+    loop = review_loop(data, run_dir, step)
+    novel = set(data["planted"]) | set(data["glare"])
+    import ranking as metrics
+    novel_auroc = metrics.auroc([-i for i in range(len(order))], [c in novel for c in order])
+    return {"ranking": ranking, "verdict": line, "planted": data["planted"], "glare": data["glare"],
+            "ranks": ranks, "order": order, "selection": sel, "loop": loop, "novel_auroc": novel_auroc}
+
+
+def picked_ids(path):
+    """The clip ids of a selection JSONL, in pick order."""
+    return [json.loads(line)["clip_id"] for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def novelty_only(scores_path, skip, top):
+    """What round 2 would be by novelty alone: selection.py's own walk (the same folding and scene cap) over
+    the clips not in `skip`."""
+    import cli
+    import selection
+    cfg = cli.load_config(cli.CONFIG_PATH, [SELECT_SET[1]])["selection"]
+    scores = selection.Scores(scores_path)
+    score = scores.score.copy()
+    score[[i for i, c in enumerate(scores.ids) if c in skip]] = np.nan
+    picks, _ = selection.greedy_select(selection.walk_order(score, scores.ids), selection.Embeddings(scores),
+                                       scores, top, cfg["max_similarity"], cfg["per_scene"])
+    return [scores.ids[r] for r in picks]
+
+
+def review_loop(data, run_dir, step):
+    """The reviewer loop on the fleet: round 1 is the novelty selection; the demo "reviews" it, taking the
+    fleet labels of its picks only (round1_labels.jsonl, as the review page exports them), fits the probe
+    (learn.py fit) and picks round 2 by `mix` among the clips not yet labelled. Returns both rounds' picks,
+    what novelty alone would pick on the same remaining clips, their shares of positives and the probe's
+    cross-validated AP."""
+    truth = {r["clip_id"]: r["binary_label"] for r in map(json.loads, Path(data["labels"]).open())}
+    round1 = picked_ids(run_dir / "selection.jsonl")
+    labels1 = run_dir / "round1_labels.jsonl"
+    labels1.write_text("".join(json.dumps({"clip_id": c, "binary_label": truth[c], "reviewer": "demo"}) + "\n"
+                               for c in round1))
+    scores, probe, round2 = run_dir / "scores.jsonl", run_dir / "probe.jsonl", run_dir / "round2.jsonl"
+    if min(sum(truth[c] for c in round1), sum(1 - truth[c] for c in round1)) < 5:
+        return {"round1": round1, "share_round1": share(round1, truth), "round2": None}  # learn would refuse
+    step("learn.py", ["fit", "--scores", str(scores), "--labels", str(labels1), "--output", str(probe)])
+    step("selection.py", ["select", "--scores", str(scores), "--manifest", str(data["fleet"]), "--labels",
+                          str(labels1), "--rank-by", "mix", "--probe", str(probe), "--top", str(BATCH),
+                          *SELECT_SET, "--output", str(round2)])
+    picks2 = picked_ids(round2)
+    alone = novelty_only(scores, set(round1), len(picks2))
+    cv_ap = json.loads(Path(f"{probe}.meta.json").read_text())["cv_ap"]["probe"]
+    return {"round1": round1, "round2": picks2, "novelty_only": alone, "share_round1": share(round1, truth),
+            "share_round2": share(picks2, truth), "share_novelty_only": share(alone, truth), "cv_ap": cv_ap}
+
+
+def loop_words(loop):
+    """The demo's lines on the reviewer loop: the share of interesting clips in each round."""
+    r1 = f"round 1 (by novelty): {loop['share_round1']:.0%} of {len(loop['round1'])} picks interesting"
+    if loop["round2"] is None:
+        return f"{r1}; too few of one kind to fit a probe (5 of each needed), so no round 2"
+    return (f"{r1}\nround 2 (mix, after learning from round 1's labels; probe CV AP {loop['cv_ap']:.3f}): "
+            f"{loop['share_round2']:.0%} of {len(loop['round2'])} picks interesting, where novelty alone "
+            f"would pick {loop['share_novelty_only']:.0%} on the same remaining clips")
+
+
+def share(ids, truth):
+    """The share of interesting (label 1) clips among `ids`."""
+    return sum(truth[c] for c in ids) / max(len(ids), 1)
 
 
 def selection_words(sel):
@@ -305,15 +388,19 @@ def main():
         print(f"wrote {data['train']}, {data['fleet']}, {data['labels']} and {data_dir / 'tiny-vjepa2'}")
         return
     found = run_demo(data_dir, run_dir, args.seed, args.epochs)
-    ranks, n = found["ranks"], len(found["order"])
-    print("\n5 most novel clips of fleet.jsonl (planted = has the red block):")
+    n, glare = len(found["order"]), set(found["glare"])
+    print("\n5 most novel clips of fleet.jsonl (planted = has the red block, glare = sun glare):")
     for rank, clip_id in enumerate(found["order"][:5], 1):
-        print(f"  {rank}. {clip_id}" + ("  (planted)" if clip_id in ranks else ""))
-    print(f"the planted clips rank {', '.join(str(r) for r in sorted(ranks.values()))} of "
-          f"{n}\n{found['verdict']}")
+        kind = "planted" if clip_id in found["ranks"] else "glare" if clip_id in glare else "ordinary"
+        print(f"  {rank}. {clip_id}  ({kind})")
+    print(f"novelty ranks the {len(found['ranks']) + len(glare)} novel clips (planted and glare) above the "
+          f"ordinary ones with AUROC {found['novel_auroc']:.3f}, but cannot tell the kinds apart:\n"
+          f"{found['verdict']}")
+    print(loop_words(found["loop"]))
     print(f"\noutputs in {run_dir}/:\n  best.pt, metrics.jsonl, eval.json, scores.jsonl (+ .emb.npy), "
-          f"selection.jsonl/.csv ({selection_words(found['selection'])}), report.html (the selection "
-          f"first, then top 6 and bottom 6); done in {time.time() - t0:.0f} s")
+          f"selection.jsonl/.csv (round 1: {selection_words(found['selection'])}), report.html (the "
+          f"selection first, then top 6 and bottom 6), round1_labels.jsonl, probe.jsonl (+ .probe.npz, "
+          f".meta.json), round2.jsonl/.csv; done in {time.time() - t0:.0f} s")
 
 
 if __name__ == "__main__":
