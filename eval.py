@@ -63,13 +63,25 @@ def selected_clip_ids(path):
     return {obj["clip_id"] for _, obj in rows} | folded
 
 
+RANKED_SOURCES = ("selection", "ranking")  # a label's "source" as the review page exports it
+
+
+def ranked_label_ids(labels_path):
+    """The clip_ids whose label line says it was given on the review page ("source": "selection" or
+    "ranking"): clips a ranking chose to show."""
+    return {obj["clip_id"] for _, obj in read_jsonl(labels_path, "labels file")
+            if obj.get("source") in RANKED_SOURCES}
+
+
 def selection_warning(block, labels, selected, path):
-    """Count the labelled clips a selection picked; add a warning (and print it) when there are any."""
+    """Count the labelled clips a selection (or the ranking on the review page) picked; add a warning when
+    there are any. `path`: the selection file, or None when only the labels' source fields tell."""
     n = sum(1 for c, v in labels.items() if v is not None and c in selected)
     block["labels_from_selection"] = n
+    where = f"the selection {path}" if path else "the review page (their source field says so)"
     if n:
-        block["warnings"].append(f"{n} of the labelled clips came from the selection {path} (the top of a "
-                                 "ranking): metrics on them are biased upward; measure on a random sample "
+        block["warnings"].append(f"{n} of the labelled clips came from {where}, i.e. the top of a "
+                                 "ranking: metrics on them are biased upward; measure on a random sample "
                                  "(make sample-for-labels)")
 
 
@@ -274,8 +286,9 @@ def main(argv=None):
             result["ranking"] = evaluation.ranking(labels, ev["k_values"], ev["knn_k"], train_emb, why,
                                                    scorer.config["seed"])
             del train_emb  # the memory map, closed before its folder goes
-        if selected is not None:
-            selection_warning(result["ranking"], labels, selected, args.selection)
+        ranked = ranked_label_ids(args.labels)
+        if selected is not None or ranked:
+            selection_warning(result["ranking"], labels, (selected or set()) | ranked, args.selection)
     cli.atomic_write_text(args.output, json.dumps(result, indent=2) + "\n")
     print(f"cosine(pred, clean) {result['mean_cosine_similarity']:.4f} +- "
           f"{result['std_cosine_similarity']:.4f}  vs no-predictor cosine(masked, clean) "

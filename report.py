@@ -452,8 +452,10 @@ window.jepaLabels = {};
   function setLab(card, v) {
     const id = card.querySelector('.labels').dataset.cid;
     const who = document.getElementById('reviewer').value.trim();
+    // source: how the clip came to be reviewed (eval.py warns that metrics on ranked picks are biased)
     window.jepaLabels[id] = {clip_id: id, binary_label: v === 'i' ? 1 : v === 'n' ? 0 : null,
-                             reviewer: who || null, time: new Date().toISOString()};
+                             reviewer: who || null, time: new Date().toISOString(),
+                             source: card.id.startsWith('p') ? 'selection' : 'ranking'};
     document.querySelectorAll('.labels').forEach(c => {
       if (c.dataset.cid === id) c.querySelectorAll('button[data-lab]').forEach(
         b => b.classList.toggle('on', b.dataset.lab === v));
@@ -481,8 +483,9 @@ window.jepaLabels = {};
   }
   window.jepaLabelsJsonl = () => Object.values(window.jepaLabels).map(r => JSON.stringify(r) + '\n')
     .join('');
-  window.jepaLabelsCsv = () => 'clip_id,binary_label,reviewer,time\n' + Object.values(window.jepaLabels).map(
-    r => [r.clip_id, r.binary_label === null ? '' : r.binary_label, r.reviewer || '', r.time]
+  window.jepaLabelsCsv = () => 'clip_id,binary_label,reviewer,time,source\n' +
+    Object.values(window.jepaLabels).map(r => [r.clip_id, r.binary_label === null ? '' : r.binary_label,
+                                               r.reviewer || '', r.time, r.source]
       .map(v => /[",\n]/.test(String(v)) ? '"' + String(v).replace(/"/g, '""') + '"' : v).join(',') + '\n')
     .join('');
   document.getElementById('labjsonl').onclick = () => save(jepaLabelsJsonl(), 'labels.jsonl',

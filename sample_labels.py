@@ -51,7 +51,8 @@ def main(argv=None):
     cli.check_output(csv_out, {"--scores": args.scores})
     rows = [obj for _, obj in read_jsonl(args.scores, "scores file", " (pass SCORES=path/to/scores.jsonl)")]
     picked = sample_rows(rows, args.n, args.seed)
-    cli.atomic_write_text(out, "".join(json.dumps({"clip_id": r["clip_id"], "binary_label": None}) + "\n"
+    cli.atomic_write_text(out, "".join(json.dumps({"clip_id": r["clip_id"], "binary_label": None,
+                                                   "source": "random_sample"}) + "\n"
                                        for r in picked))
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")

@@ -189,6 +189,7 @@ def test_page_label_export_is_read_back_by_learn(tmp_path):
     labels.write_text(text)  # exactly as exported: no hand editing
     rows = [json.loads(line) for line in text.splitlines()]
     assert {r["clip_id"]: r["binary_label"] for r in rows} == want and all("time" in r for r in rows)
+    assert {r["source"] for r in rows} == {"ranking"}  # shown because the ranking chose them: eval warns
     out = tmp_path / "probe.jsonl"
     run_script("learn.py", "fit", "--scores", scores, "--labels", labels, "--output", out, check=True)
     meta = json.loads((tmp_path / "probe.jsonl.meta.json").read_text())

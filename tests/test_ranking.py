@@ -148,7 +148,7 @@ def test_sample_labels_writes_a_stratified_template(tmp_path, capsys):
     scores.write_text("".join(json.dumps(r) + "\n" for r in rows))
     sample_labels.main(["--scores", str(scores), "--n", "20", "--seed", "1"])
     out = [json.loads(x) for x in (tmp_path / "labels_sample.jsonl").read_text().splitlines()]
-    assert len(out) == 20 and all(r["binary_label"] is None for r in out)
+    assert len(out) == 20 and all(r["binary_label"] is None and r["source"] == "random_sample" for r in out)
     assert "c005" not in {r["clip_id"] for r in out}  # its score is null: a failed clip
     scene = {r["clip_id"]: r["scene"] for r in rows}
     assert sum(scene[r["clip_id"]] == "b" for r in out) == 5  # 25 of the 99 scored clips are scene b
@@ -177,6 +177,18 @@ def test_eval_flags_labels_taken_from_a_selection(tmp_path):
     block = {"warnings": []}
     evaluation.selection_warning(block, {"d": 1}, selected, sel)
     assert block == {"warnings": [], "labels_from_selection": 0}
+    # without a selection file, the review page's source field tells (a random sample's does not count)
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"clip_id": "a", "binary_label": 1, "source": "selection"}, {"clip_id": "b", "binary_label": 0,
+                                                                    "source": "ranking"},
+        {"clip_id": "e", "binary_label": 1, "source": "random_sample"}, {"clip_id": "f", "binary_label": 0}]))
+    ranked = evaluation.ranked_label_ids(labels)
+    assert ranked == {"a", "b"}
+    block = {"warnings": []}
+    evaluation.selection_warning(block, evaluation.read_labels(labels), ranked, None)
+    assert block["labels_from_selection"] == 2
+    assert block["warnings"][0].startswith("2 of the labelled clips came from the review page (their source")
 
 
 def test_knn_baseline_unavailable_without_a_features_cache(tmp_path):
