@@ -8,8 +8,8 @@ Labels taken from the top of a ranking make that ranking look better than it is.
 a score (failed clips are skipped) at random, each scene getting its proportional share
 (ranking.stratified_sample), and writes OUT: the labels template eval.py --labels reads, one
 {"clip_id", "binary_label": null, "source": "random_sample"} per line, and OUT with a .csv suffix for
-reviewers (clip_id, scene, camera, first_frame, binary_label empty; no score, so it cannot sway the reviewer). Fill binary_label with 0 or 1 (or
-leave null) and pass OUT to make eval LABELS=.
+reviewers (clip_id, scene, camera, first_frame, binary_label empty; no score, so it cannot sway the
+reviewer). Fill binary_label with 0 or 1 (or leave null) and pass OUT to make eval LABELS=.
 """
 import argparse
 import csv
