@@ -256,6 +256,20 @@ def check_encoder(probe, probe_path, scores, emb):
 
 # ---- the honest report ----
 
+class RowsView:
+    """Rows `rows` of the embeddings as a sliceable (len(rows), D) array read on demand, so knn_density's
+    chunked passes hold one chunk of the reference sample at a time, not all 20,000 rows (86 MB)."""
+
+    def __init__(self, emb, rows):
+        self.emb, self.rows = emb, rows
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, part):
+        return self.emb.take(self.rows[part]).astype(np.float32)
+
+
 def honest_report(scores, rows, y, cv_p, emb, chunk_rows, k_values, seed=SEED):
     """CV-predicted probabilities of the probe beside the novelty score, knn_density and random on the same
     labelled clips, through ranking.compare (the ranking-trust machinery eval.py uses)."""
@@ -265,10 +279,9 @@ def honest_report(scores, rows, y, cv_p, emb, chunk_rows, k_values, seed=SEED):
     others = np.setdiff1d(np.flatnonzero(~np.isnan(scores.score)), rows)
     sample = np.sort(rng.choice(others, min(20000, len(others)), replace=False)) if len(others) else others
     ref = np.concatenate([rows, sample])
-    ref_x = emb.take(ref).astype(np.float32)
     query = emb.take(rows).astype(np.float32)
     k = min(10, len(ref) - 1)
-    density = ranking.knn_density(query, ref_x, k + 1)  # the clip itself is in ref: k + 1 skips it
+    density = ranking.knn_density(query, RowsView(emb, ref), k + 1)  # each clip is in ref: k + 1 skips it
     methods = {"probe": cv_p[keep], "novelty": novelty[keep], "knn_density": np.asarray(density)[keep],
                "random": None}  # None: the exact expectation of a random ranking
     scenes = np.array([scores.scene_names[s] for s in scores.scene[rows]])[keep]
