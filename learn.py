@@ -38,6 +38,7 @@ FOLDS = 5
 MIN_PER_CLASS = 5
 SEED = 0
 P_DECIMALS = 6
+STATS_ROWS = 1024  # rows per float64 block in column_stats (8 MB at D=1024)
 
 
 # ---- labels ----
@@ -170,11 +171,12 @@ def column_stats(emb, chunk_rows):
     """Mean and standard deviation (float64, (D,)) of the finite rows, in one streamed pass."""
     total, sq, n = np.zeros(emb.dim), np.zeros(emb.dim), 0
     for _, chunk in emb.chunks(chunk_rows):
-        ok = np.isfinite(chunk).all(axis=1)
-        x = chunk[ok].astype(np.float64)
-        total += x.sum(axis=0)
-        sq += np.einsum("ij,ij->j", x, x)
-        n += len(x)
+        for start in range(0, len(chunk), STATS_ROWS):  # float64 copies of a few MB, not of the whole chunk
+            part = chunk[start:start + STATS_ROWS]
+            x = part[np.isfinite(part).all(axis=1)].astype(np.float64)
+            total += x.sum(axis=0)
+            sq += np.einsum("ij,ij->j", x, x)
+            n += len(x)
     if n == 0:
         raise cli.UserError(f"{emb.path}: no finite embedding (every clip failed); score the clips again")
     mean = total / n
