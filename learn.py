@@ -196,12 +196,17 @@ def probabilities(emb, probe, chunk_rows):
 
 
 def write_probabilities(out, scores, p, labels):
+    """OUT: one {"clip_id", "p_interesting", "labelled"} line per clip of `scores`, in its order. Lines are
+    formatted by hand (json.dumps of the id only): a dict per line made a 1M-clip write take 15 s."""
+    as_json = {None: "null", 0: "0", 1: "1"}
+    rounded = [round(v, P_DECIMALS) for v in p.tolist()]  # Python round, as before: the same digits
+
     def write(f):
         buf = []
-        for i, clip in enumerate(scores.ids):
-            v = None if math.isnan(p[i]) else round(float(p[i]), P_DECIMALS)
-            line = {"clip_id": clip, "p_interesting": v, "labelled": labels.get(clip)}
-            buf.append(json.dumps(line) + "\n")
+        for clip, v in zip(scores.ids, rounded):
+            value = "null" if v != v else repr(v)  # v != v: NaN, a failed clip
+            buf.append(f'{{"clip_id": {json.dumps(clip)}, "p_interesting": {value}, '
+                       f'"labelled": {as_json[labels.get(clip)]}}}\n')
             if len(buf) >= 10000:
                 f.write("".join(buf).encode())
                 buf = []
