@@ -245,6 +245,16 @@ def refuse_changes(old_cfg, new_cfg, command, what, why):
 # 3. files and locks
 # ==================================================================================================
 
+def decode_jsonl_line(raw, where, what):
+    """(object, None) of one JSONL line's bytes, or (None, problem). A UTF-8 BOM is accepted."""
+    try:
+        return json.loads(raw.decode("utf-8-sig")), None
+    except UnicodeDecodeError:
+        return None, f"{where}: not UTF-8 text (re-save the {what} as UTF-8)"
+    except json.JSONDecodeError as e:
+        return None, f"{where}: not JSON ({e.msg} at column {e.colno})"
+
+
 def special_file_problem(path):
     """Why `path` cannot be a frame, found without opening it (opening a FIFO blocks forever), or None.
 

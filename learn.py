@@ -31,7 +31,7 @@ import numpy as np
 
 import cli
 import ranking
-from selection import Embeddings, Scores, read_meta
+from scorefile import Embeddings, Scores, read_meta
 
 C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
 FOLDS = 5

@@ -156,16 +156,6 @@ def clip_record(raw, line, base, where):
             "timestamps": raw.get("timestamps")}
 
 
-def _decode_line(raw, where, what):
-    """(object, None) of one JSONL line's bytes, or (None, problem). A UTF-8 BOM is accepted."""
-    try:
-        return json.loads(raw.decode("utf-8-sig")), None
-    except UnicodeDecodeError:
-        return None, f"{where}: not UTF-8 text (re-save the {what} as UTF-8)"
-    except json.JSONDecodeError as e:
-        return None, f"{where}: not JSON ({e.msg} at column {e.colno})"
-
-
 def jsonl_lines(path, what="manifest"):
     """Yield (line number, `file:line`, object, problem, byte offset) per non-blank line of a JSONL file,
     reading it as a stream; object is None and problem says why when the line is not UTF-8 or not JSON."""
@@ -175,7 +165,7 @@ def jsonl_lines(path, what="manifest"):
             start, offset = offset, offset + len(raw)
             if raw.strip():
                 where = f"{path}:{line}"
-                yield (line, where, *_decode_line(raw, where, what), start)
+                yield (line, where, *cli.decode_jsonl_line(raw, where, what), start)
 
 
 def _input_file(path, what, hint):
@@ -373,7 +363,7 @@ class ClipIndex:
         if self._pid != os.getpid():  # one handle per process: loader workers are forked
             self._file, self._pid = open(self.path, "rb"), os.getpid()
         self._file.seek(int(self.offsets[i]))
-        raw, _ = _decode_line(self._file.readline(), f"{self.path}:{self.lines[i]}", "manifest")
+        raw, _ = cli.decode_jsonl_line(self._file.readline(), f"{self.path}:{self.lines[i]}", "manifest")
         return clip_record(raw, int(self.lines[i]), self.base, f"{self.path}:{self.lines[i]}")
 
     def tail(self, start):
@@ -409,7 +399,7 @@ def scan_manifest(path, root=None, tubelet_size=2, shard=(0, 1)):
             if not raw.strip():
                 continue
             where = f"{path}:{line}"
-            obj, problem = _decode_line(raw, where, "manifest")
+            obj, problem = cli.decode_jsonl_line(raw, where, "manifest")
             fields = problem or _clip_fields(obj, where)
             if not isinstance(fields, str) and len(fields[1]) < tubelet_size:
                 fields = f"{where}: {len(fields[1])} frame(s), fewer than one tubelet ({tubelet_size})"
