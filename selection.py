@@ -141,31 +141,27 @@ def cosine_summary(nn, max_similarity):
 
 def manifest_details(path, root, wanted):
     """{clip_id: (first frame, last frame, first timestamp, last timestamp)} for the ids in `wanted`, streamed
-    line by line: a million-line manifest is never held. A line whose plain clip_id is not wanted is skipped
-    unparsed (8x faster); lines with an escaped or derived clip_id are parsed."""
-    from manifest import clip_record  # the manifest reader's own normalisation (both styles, derived ids)
+    through manifest.ManifestScan: a million-line manifest is never held. A line whose plain clip_id is not
+    wanted is skipped unparsed (8x faster); lines with an escaped or derived clip_id are parsed."""
+    from manifest import ManifestScan, clip_record  # the manifest's own rules (both styles, derived ids)
     path = Path(path)
     if not path.is_file():
         raise cli.UserError(f"{path}: manifest not found (leave MANIFEST= out to select without frame "
                              f"details)")
-    base = Path(root) if root else path.resolve().parent
-    found, wanted_bytes = {}, {c.encode() for c in wanted}
-    with open(path, "rb") as f:
-        for line, raw in enumerate(f, 1):
-            named = PLAIN_CLIP_ID.search(raw)
-            if not raw.strip() or (named and named.group(1) not in wanted_bytes):
-                continue
-            try:
-                obj = json.loads(raw)
-            except ValueError:
-                raise cli.UserError(f"{path}:{line}: not JSON; check the manifest with make check")
-            rec = clip_record(obj, line, base, f"{path}:{line}")
-            if isinstance(rec, str):
-                raise cli.UserError(f"{rec}; check the manifest with make check")
-            if rec["clip_id"] in wanted:
-                ts = rec["timestamps"] if isinstance(rec["timestamps"], list) else None
-                ts = ts or [None]
-                found[rec["clip_id"]] = (rec["frames"][0], rec["frames"][-1], ts[0], ts[-1])
+    wanted_bytes = {c.encode() for c in wanted}
+
+    def keep(raw):
+        named = PLAIN_CLIP_ID.search(raw)
+        return not named or named.group(1) in wanted_bytes
+
+    scan, found = ManifestScan(path, root, tubelet_size=1, limit=1, keep=keep), {}
+    for line, _, _, obj, clip_id, _ in scan:
+        if clip_id in wanted:
+            rec = clip_record(obj, line, scan.base, f"{path}:{line}")
+            ts = (rec["timestamps"] if isinstance(rec["timestamps"], list) else None) or [None]
+            found[clip_id] = (rec["frames"][0], rec["frames"][-1], ts[0], ts[-1])
+    if scan.problems:
+        raise cli.UserError(f"{scan.problems[0]}; check the manifest with make check")
     return found
 
 
