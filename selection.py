@@ -20,7 +20,6 @@ selection.
 similar lists the clip itself (rank 0, cosine 1) and then the K clips nearest to it by cosine.
 Embeddings are read through short-lived memory maps, in pieces of about selection.chunk_mb: never whole.
 """
-import argparse
 import csv
 import io
 import json
@@ -58,18 +57,6 @@ def finite_rows(emb, scores, rows, x):
         raise cli.UserError(f"{emb.path}: row {i} is not finite but {scores.where(i)} ({scores.ids[i]!r}) "
                              f"has a score; use the two files of one make score run")
     return x
-
-
-def check_config(sel):
-    """Range checks of the selection section (cli.validate_config checks the others)."""
-    rules = [(-1.0 <= sel["max_similarity"] <= 1.0, "max_similarity", "must be in [-1, 1]"),
-             (sel["per_scene"] >= 0, "per_scene", "must be >= 0 (0 = no limit)"),
-             (sel["top"] >= 1, "top", "must be >= 1"), (sel["similar_k"] >= 1, "similar_k", "must be >= 1"),
-             (sel["chunk_mb"] >= 1, "chunk_mb", "must be >= 1"),
-             (0 <= sel["explore_share"] <= 1, "explore_share", "must be in [0, 1]")]
-    for ok, key, rule in rules:
-        if not ok:
-            raise cli.UserError(f"config key selection.{key} = {sel[key]!r} {rule}")
 
 
 # ---- select ----
@@ -449,20 +436,13 @@ def run_similar(args, cfg):
 # ---- command line ----
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("select", help="pick clips for labelling, folding near-duplicates (make select)")
-    m = sub.add_parser("similar", help="the clips nearest to one clip by cosine (make similar)")
-    for q in (s, m):
-        q.add_argument("--scores", required=True, help="scores JSONL from make score; S.emb.npy must lie "
-                       "beside it")
-        q.add_argument("--config", default=str(cli.CONFIG_PATH), help="YAML with the keys to change "
-                       "(default: the shipped config.yaml)")
-        q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config key, e.g. selection.max_similarity=0.9; repeatable")
+    commands = {"select": "pick clips for labelling, folding near-duplicates (make select)",
+                "similar": "the clips nearest to one clip by cosine (make similar)"}
+    p, (s, m) = cli.scores_commands(__doc__, "scores JSONL from make score; S.emb.npy must lie beside it",
+                                    **commands)
     cli.add_clip_inputs(s, "last frames and timestamps (default: none, those fields are null)",
                         "compare the raw ranking and the selection")
-    s.add_argument("--top", type=int, help="clips to pick (default: selection.top, 50)")
+    cli.add_config_flags(s, ["top"])
     s.add_argument("--rank-by", choices=("score", "probe", "mix"), default="score",
                    help="score: novelty; probe: p_interesting; mix: p_interesting with "
                    "selection.explore_share of the batch for the most novel clips the probe is unsure about "
@@ -471,18 +451,14 @@ def parse_args(argv=None):
     s.add_argument("--output", default="selection.jsonl", help="picks JSONL; the CSV and OUT.meta.json go "
                    "beside it (default: selection.jsonl)")
     m.add_argument("--clip", required=True, help="clip_id of the clip to find neighbours of")
-    m.add_argument("--k", type=int, help="neighbours to list after the clip itself (default: "
-                   "selection.similar_k, 20)")
+    cli.add_config_flags(m, ["k"])
     m.add_argument("--output", default="similar.jsonl", help="neighbours JSONL (default: similar.jsonl)")
     return p.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    named = {"top": getattr(args, "top", None), "similar_k": getattr(args, "k", None)}
-    sets = [*args.set, *(f"selection.{key}={v}" for key, v in named.items() if v is not None)]
-    cfg = cli.load_config(args.config, sets)
-    check_config(cfg["selection"])
+    cfg = cli.load_config(args.config, args.set, **cli.config_flags(args))
     return run_select(args, cfg) if args.command == "select" else run_similar(args, cfg)
 
 
