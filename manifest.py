@@ -24,11 +24,10 @@ frames: one sub-folder per scene under --frames-dir, holding images directly or 
   computed from the paths as given (symlinks are kept, never resolved), or absolute where no relative path
   from the manifest's folder reaches the frame.
 Splits: --split for all clips; else the official split where vendored here (the v1.0-mini lists, and `test`
-for
-  v1.0-test); else a seeded split by whole scenes: round(20%) of those scenes go to val, at least one when
+  for v1.0-test); else a seeded split by whole scenes: round(20%) of those scenes go to val, at least one when
   there are two or more, so with few scenes the clip counts are far from 80/20 (the summary says what was
   drawn). The official v1.0-trainval lists (850 scenes) are not vendored: trainval scenes get the seeded
-  split.
+  split. --val-output V also writes the val clips, as they are, to V (every clip when none is val).
 check: prints a summary, `warning: file:line: what` and `error: file:line: what` lines; exit 1 on any error.
 """
 import argparse
@@ -1002,6 +1001,8 @@ def parse_args(argv=None):
         q.add_argument("--seed", type=int, default=0,
                        help="seed of the 80/20 scene split outside official lists")
         q.add_argument("--output", required=True, help="manifest to write (JSONL; folders are created)")
+        q.add_argument("--val-output", help="also write the val clips of --output to this manifest (every "
+                                            "clip when none is val), e.g. for make eval")
 
     n = sub.add_parser("nuscenes", help="clips from a nuScenes download")
     n.add_argument("--dataroot", required=True, help="nuScenes folder holding VERSION/, samples/ and sweeps/")
@@ -1028,10 +1029,24 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def write_split(path, split, out):
+    """Write the lines of manifest `path` whose split is `split`, as they are, to `out` (every line when none
+    is: a warning says so); returns how many had that split."""
+    lines = [(obj, raw) for _, _, obj, problem, _, raw in jsonl_lines(path) if not problem]
+    picked = [raw for obj, raw in lines if isinstance(obj, dict) and obj.get("split") == split]
+    cli.atomic_write(out, lambda f: f.write(b"".join(picked or [raw for _, raw in lines])))
+    print(f"{out}: {len(picked)} {split} clips" if picked else
+          f"warning: no {split} clips (too few scenes?): {out} holds every clip instead")
+    return len(picked)
+
+
 def main(argv=None):
     args = parse_args(argv)
-    return {"nuscenes": nuscenes_manifest, "frames": frames_manifest,
+    code = {"nuscenes": nuscenes_manifest, "frames": frames_manifest,
             "videos": videos_manifest, "check": check_manifest}[args.command](args)
+    if getattr(args, "val_output", None):
+        write_split(args.output, "val", args.val_output)
+    return code
 
 
 if __name__ == "__main__":
