@@ -15,6 +15,8 @@ CKPT_DIR = $(dir $(CKPT))
 INSTALL := $(if $(filter .venv/bin/python,$(PYTHON)),.venv/.installed)
 
 opt = $(if $(2),$(1) $(2))
+# the report's default TOP is selection.top of config.yaml (one default for make report and make select)
+TOP_DEFAULT = $(shell sed -n 's/^  top: *\([0-9][0-9]*\).*/\1/p' config.yaml)
 MANIFEST_FOR_REPORT = $(if $(filter command line environment,$(origin MANIFEST)),$(MANIFEST))
 COMMON = $(call opt,--data-root,$(DATA_ROOT)) $(call opt,--encoder,$(ENCODER)) --device $(DEVICE)
 # RESUME=1 without MANIFEST=: no --manifest, so train.py continues with the manifest the run recorded
@@ -46,7 +48,7 @@ help:
 	@echo "  make score                CKPT= MANIFEST= [OUT=scores.jsonl beside CKPT] [SHARD=I/N|auto] [ENCODER=]"
 	@echo "                            [DATA_ROOT=] [DEVICE=] [ARGS=]   (+ OUT.emb.npy: one embedding per clip)"
 	@echo "  make merge                SHARDS=\"a.jsonl b.jsonl\" MANIFEST= OUT=scores.jsonl [ARGS=]"
-	@echo "  make select               SCORES= [MANIFEST=] [LABELS=] [TOP=50] [OUT=selection.jsonl beside SCORES]"
+	@echo "  make select               SCORES= [MANIFEST=] [LABELS=] [TOP=$(TOP_DEFAULT)] [OUT=selection.jsonl beside SCORES]"
 	@echo "                            [ARGS=]  a diverse top-K for labelling, near-duplicates folded"
 	@echo "                            [RANK_BY=score|probe|mix PROBE=probe.jsonl]  rank by the learnt probe"
 	@echo "  make learn                SCORES= LABELS=\"r1.jsonl r2.jsonl\" [OUT=probe.jsonl beside SCORES] [ARGS=]"
@@ -54,7 +56,7 @@ help:
 	@echo "  make similar              SCORES= CLIP=clip_id [K=20] [OUT=similar.jsonl beside SCORES] [ARGS=]"
 	@echo "  make sample-for-labels    SCORES= [N=200] [SEED=0] [OUT=labels_sample.jsonl beside SCORES] [ARGS=]"
 	@echo "                            a random sample by scene to label (unbiased metrics), + OUT.csv"
-	@echo "  make report               SCORES= [MANIFEST=] [DATA_ROOT=] [LABELS=] [SELECTION=] [TOP=50] [BOTTOM=10]"
+	@echo "  make report               SCORES= [MANIFEST=] [DATA_ROOT=] [LABELS=] [SELECTION=] [TOP=$(TOP_DEFAULT)] [BOTTOM=10]"
 	@echo "                            [OUT=report.html beside SCORES] [ARGS=\"--thumbs 3\"]  HTML review page"
 	@echo "  make bench                throughput/memory ratios -> BENCHMARKS.md [BENCH_ARGS=--quick|--only fleet]"
 	@echo "  make walk-readme          run every README example in a temporary checkout (tiny encoder; minutes)"
@@ -114,7 +116,7 @@ report: $(INSTALL)
 	$(if $(SCORES),,$(error SCORES=path/to/scores.jsonl is required (written by make score)))
 	$(PYTHON) report.py --scores $(SCORES) $(call opt,--manifest,$(MANIFEST_FOR_REPORT)) \
 		$(call opt,--data-root,$(DATA_ROOT)) $(call opt,--labels,$(LABELS)) $(call opt,--selection,$(SELECTION)) \
-		$(call opt,--bottom,$(BOTTOM)) --top $(or $(TOP),50) --output $(or $(OUT),$(dir $(SCORES))report.html) $(ARGS)
+		$(call opt,--bottom,$(BOTTOM)) --top $(or $(TOP),$(TOP_DEFAULT)) --output $(or $(OUT),$(dir $(SCORES))report.html) $(ARGS)
 
 select: $(INSTALL)
 	$(if $(SCORES),,$(error SCORES=path/to/scores.jsonl is required (written by make score)))

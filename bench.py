@@ -224,125 +224,155 @@ def write_section(md, title, body):
     Path(md).write_text(text)
 
 
-def main():
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="reduced sizes: under two minutes on 2 CPU cores")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--json", help="also write the figures and ratios to this JSON file")
     p.add_argument("--markdown", default=None,
                    help="Markdown report (default BENCHMARKS.md; none with --quick)")
-    p.add_argument("--only", choices=["select", "learn", "fleet", "clip", "video", "ranking"], help="run one "
+    p.add_argument("--only", choices=list(SECTIONS), help="run one "
                    "part only; select: make select/similar at scale; learn: make learn at 1M clips; fleet: "
                    "1M-line manifests, merge; clip: one 1024-frame clip at the real encoder's input size; "
                    "video: decode frames/s from MP4 vs JPEG; ranking: eval's bootstrap intervals at 10k "
                    "labelled clips (default: every part, these six last)")
-    args = p.parse_args()
-    if args.only == "video":
-        return bench_video_section(args)
-    if args.only == "ranking":
-        return bench_ranking_section(args)
-    if args.only == "select":
-        return bench_select_section(args)
-    if args.only == "learn":
-        return bench_learn_section(args)
-    if args.only == "fleet":
-        return bench_fleet_section(args)
-    if args.only == "clip":
-        return bench_clip_section(args)
-    device = jepa.resolve_device(args.device)
-    q = args.quick
-    batch = 2 if q else 8  # tubelets per encoder call everywhere (evaluation.batch_size)
-    clips, frames = (1, 4) if q else (6, 16)
-    res = {"device": str(device), "batch_tubelets": batch, "quick": q, "cpus": os.cpu_count(),
-           "torch_threads": torch.get_num_threads(), "date": datetime.date.today().isoformat(),
-           "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-           "torch": torch.__version__}
-    work = Path(tempfile.mkdtemp(prefix="jepa-bench-"))
-    print(f"working in {work}", flush=True)
-    res["gemm_gflops"] = bench_gemm(2048 if q else 4096, device)
-    print(f"gemm {res['gemm_gflops']:.0f} GFLOP/s", flush=True)
-
-    from transformers import VJEPA2Config, VJEPA2Model, VJEPA2VideoProcessor
-    vit_dir = work / "vit-l-random"
-    # the default config = ViT-L, real FLOPs, random weights
-    VJEPA2Model(VJEPA2Config()).save_pretrained(vit_dir)
-    VJEPA2VideoProcessor().save_pretrained(vit_dir)
-    encoder = jepa.VJEPAEncoder(str(vit_dir), device)
-    res["encoder_tubelets_s"], res["encoder_gflops"] = bench_encoder(encoder, batch, 1 if q else 3)
-    print(f"encoder {res['encoder_tubelets_s']:.3f} tubelets/s, {res['encoder_gflops']:.0f} GFLOP/s",
-          flush=True)
-
-    manifest = make_manifest(work / "frames", clips, frames)
-    cfg = cli.load_config(None, [f"evaluation.batch_size={batch}", f"training.encode_batch_size={batch}"],
-                           encoder=str(vit_dir))
-    ckpt = head_checkpoint(work / "head.pt", encoder, cfg)
-    t0 = time.perf_counter()
-    infer.main(["--checkpoint", str(ckpt), "--manifest", str(manifest), "--output",
-                str(work / "scores.jsonl"), "--device", args.device])
-    res["pipeline_tubelets_s"] = clips * (frames // 2) / (time.perf_counter() - t0)
-    print(f"pipeline {res['pipeline_tubelets_s']:.3f} tubelets/s", flush=True)
-    res["naive_tubelets_s"] = bench_naive(encoder,
-                                          jepa.head_from_checkpoint(jepa.load_checkpoint(ckpt), ckpt, device),
-                                          manifest, cfg, 2 if q else 8)
-    print(f"naive {res['naive_tubelets_s']:.3f} tubelets/s", flush=True)
-
-    workers = jepa.num_workers(cfg, device)
-    loader = jepa.make_loader(jepa.JEPADataset(read_manifest(manifest), cfg, encoder.processor), workers)
-    t0 = time.perf_counter()
-    n_frames = sum(len(item.mask_frac) * 2 for item in loader)
-    res["decode_frames_s"] = n_frames / (time.perf_counter() - t0)
-    print(f"decode {res['decode_frames_s']:.1f} frames/s ({workers} workers)", flush=True)
-    del encoder
-
-    run_dir = work / "train-run"
-    t0 = time.perf_counter()
-    train.main(["--manifest", str(manifest), "--encoder", str(vit_dir), "--run-dir", str(run_dir), "--epochs",
-                "30", "--device", args.device, "--set", f"training.encode_batch_size={batch}"])
-    res["train_total_s"] = time.perf_counter() - t0
-    res["train_encoding_s"] = json.loads((run_dir / "timing.json").read_text())["encode_s"]
-    print(f"train {res['train_total_s']:.1f}s total, {res['train_encoding_s']:.1f}s encoding", flush=True)
+    return p.parse_args(argv)
 
 
-    res["encoder_over_gemm"] = res["encoder_gflops"] / res["gemm_gflops"]
-    res["pipeline_over_encoder"] = res["pipeline_tubelets_s"] / res["encoder_tubelets_s"]
-    res["pipeline_over_naive"] = res["pipeline_tubelets_s"] / res["naive_tubelets_s"]
-    res["train_total_over_encoding"] = res["train_total_s"] / res["train_encoding_s"]
+def write_scale_section(md, title, intro, table, verdict, notes=""):
+    """write_section with the intro and verdict wrapped, the table as code and the notes after them."""
+    write_section(md, title, f"{textwrap.fill(intro, 112)}\n\n```\n{table}\n```\n\n"
+                             f"{textwrap.fill(verdict, 112)}" + (f"\n\n{notes}" if notes else ""))
+    print(f"wrote {md} (## {title})")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.only:
+        return SECTIONS[args.only](args)
+    with tempfile.TemporaryDirectory(prefix="jepa-bench-") as work:
+        print(f"working in {work}", flush=True)
+        res = bench_core(Path(work), args)
     table = report_table(res)
     print("\n" + table)
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
-    md = args.markdown or (None if q else "BENCHMARKS.md")
-    if md:  # the figures are rewritten; the hand-written "How to read it" part is kept
-        old = Path(md).read_text() if Path(md).exists() else ""
-        notes = old[old.index("## How to read it"):] if "## How to read it" in old else ""
-        checks = {"encoder/gemm": res["encoder_over_gemm"] >= 0.65,
-                  "pipeline/encoder": res["pipeline_over_encoder"] >= 0.90,
-                  "pipeline/naive": res["pipeline_over_naive"] >= 1.0,
-                  "train total/encoding": res["train_total_over_encoding"] <= 1.15}
-        missed = [k for k, ok in checks.items() if not ok]
-        verdict = (f"Targets met in this run: all {len(checks)} ({', '.join(checks)})." if not missed else
-                   f"Targets MISSED in this run: {', '.join(missed)} (see the notes below).")
-        Path(md).write_text(f"# Benchmarks\n\n`python bench.py{' --quick' if q else ''}` on {res['date']}, "
-                            f"{res['machine']}, {res['cpus']} CPUs, {res['torch_threads']} torch threads, "
-                            f"device {res['device']}, torch {res['torch']}, batch {batch} "
-                            f"tubelets.\n\n```\n{table}\n```\n\n{verdict}\nShard-merged output equal to a "
-                            f"single run is asserted in `tests/test_scale.py` (byte for byte).\n\n{notes}")
-        print(f"wrote {md}")
-    bench_fleet_section(args)
-    bench_clip_section(args)
-    bench_select_section(args)
-    bench_learn_section(args)
-    bench_video_section(args)
-    bench_ranking_section(args)
+    md = args.markdown or (None if args.quick else "BENCHMARKS.md")
+    if md:
+        write_core_markdown(md, res, table)
+    for section in SECTIONS.values():
+        section(args)
+
+
+def machine_facts(device, batch, quick):
+    return {"device": str(device), "batch_tubelets": batch, "quick": quick, "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "date": datetime.date.today().isoformat(),
+            "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+            "torch": torch.__version__}
+
+
+def random_vit_l(folder):
+    """A ViT-L-sized V-JEPA 2 (the default config: real FLOPs) with random weights, saved to `folder`."""
+    from transformers import VJEPA2Config, VJEPA2Model, VJEPA2VideoProcessor
+    VJEPA2Model(VJEPA2Config()).save_pretrained(folder)
+    VJEPA2VideoProcessor().save_pretrained(folder)
+    return folder
+
+
+def bench_core(work, args):
+    """gemm, encoder, pipeline, naive, decode and train figures, and their ratios, measured in `work`."""
+    device, q = jepa.resolve_device(args.device), args.quick
+    batch = 2 if q else 8  # tubelets per encoder call everywhere (evaluation.batch_size)
+    clips, frames = (1, 4) if q else (6, 16)
+    res = machine_facts(device, batch, q)
+    res["gemm_gflops"] = bench_gemm(2048 if q else 4096, device)
+    print(f"gemm {res['gemm_gflops']:.0f} GFLOP/s", flush=True)
+    vit_dir = random_vit_l(work / "vit-l-random")
+    encoder = jepa.VJEPAEncoder(str(vit_dir), device)
+    res["encoder_tubelets_s"], res["encoder_gflops"] = bench_encoder(encoder, batch, 1 if q else 3)
+    print(f"encoder {res['encoder_tubelets_s']:.3f} tubelets/s, {res['encoder_gflops']:.0f} GFLOP/s",
+          flush=True)
+    manifest = make_manifest(work / "frames", clips, frames)
+    cfg = cli.load_config(None, [f"evaluation.batch_size={batch}", f"training.encode_batch_size={batch}"],
+                           encoder=str(vit_dir))
+    ckpt = head_checkpoint(work / "head.pt", encoder, cfg)
+    res["pipeline_tubelets_s"] = bench_pipeline(ckpt, manifest, work / "scores.jsonl", args.device,
+                                                clips * (frames // 2))
+    res["naive_tubelets_s"] = bench_naive(encoder,
+                                          jepa.head_from_checkpoint(jepa.load_checkpoint(ckpt), ckpt, device),
+                                          manifest, cfg, 2 if q else 8)
+    print(f"naive {res['naive_tubelets_s']:.3f} tubelets/s", flush=True)
+    res["decode_frames_s"] = bench_decode(manifest, cfg, device, encoder.processor)
+    del encoder
+    res["train_total_s"], res["train_encoding_s"] = bench_train(manifest, vit_dir, work / "train-run",
+                                                                args.device, batch)
+    res["encoder_over_gemm"] = res["encoder_gflops"] / res["gemm_gflops"]
+    res["pipeline_over_encoder"] = res["pipeline_tubelets_s"] / res["encoder_tubelets_s"]
+    res["pipeline_over_naive"] = res["pipeline_tubelets_s"] / res["naive_tubelets_s"]
+    res["train_total_over_encoding"] = res["train_total_s"] / res["train_encoding_s"]
+    return res
+
+
+def bench_pipeline(ckpt, manifest, out, device, tubelets):
+    """infer.py's real path: tubelets/s."""
+    t0 = time.perf_counter()
+    infer.main(["--checkpoint", str(ckpt), "--manifest", str(manifest), "--output", str(out), "--device",
+                device])
+    rate = tubelets / (time.perf_counter() - t0)
+    print(f"pipeline {rate:.3f} tubelets/s", flush=True)
+    return rate
+
+
+def bench_decode(manifest, cfg, device, processor):
+    """The loader alone (decode, resize, mask): frames/s."""
+    workers = jepa.num_workers(cfg, device)
+    loader = jepa.make_loader(jepa.JEPADataset(read_manifest(manifest), cfg, processor), workers)
+    t0 = time.perf_counter()
+    n_frames = sum(len(item.mask_frac) * 2 for item in loader)
+    rate = n_frames / (time.perf_counter() - t0)
+    print(f"decode {rate:.1f} frames/s ({workers} workers)", flush=True)
+    return rate
+
+
+def bench_train(manifest, vit_dir, run_dir, device, batch):
+    """train.py for 30 epochs: (total seconds, seconds of its encoding stage)."""
+    t0 = time.perf_counter()
+    train.main(["--manifest", str(manifest), "--encoder", str(vit_dir), "--run-dir", str(run_dir), "--epochs",
+                "30", "--device", device, "--set", f"training.encode_batch_size={batch}"])
+    total = time.perf_counter() - t0
+    encoding = json.loads((run_dir / "timing.json").read_text())["encode_s"]
+    print(f"train {total:.1f}s total, {encoding:.1f}s encoding", flush=True)
+    return total, encoding
+
+
+def write_core_markdown(md, res, table):
+    """Rewrite the figures at the top of `md`; the hand-written "How to read it" part is kept."""
+    old = Path(md).read_text() if Path(md).exists() else ""
+    notes = old[old.index("## How to read it"):] if "## How to read it" in old else ""
+    checks = {"encoder/gemm": res["encoder_over_gemm"] >= 0.65,
+              "pipeline/encoder": res["pipeline_over_encoder"] >= 0.90,
+              "pipeline/naive": res["pipeline_over_naive"] >= 1.0,
+              "train total/encoding": res["train_total_over_encoding"] <= 1.15}
+    missed = [k for k, ok in checks.items() if not ok]
+    verdict = (f"Targets met in this run: all {len(checks)} ({', '.join(checks)})." if not missed else
+               f"Targets MISSED in this run: {', '.join(missed)} (see the notes below).")
+    Path(md).write_text(f"# Benchmarks\n\n`python bench.py{' --quick' if res['quick'] else ''}` on "
+                        f"{res['date']}, {res['machine']}, {res['cpus']} CPUs, {res['torch_threads']} torch "
+                        f"threads, device {res['device']}, torch {res['torch']}, batch "
+                        f"{res['batch_tubelets']} tubelets.\n\n```\n{table}\n```\n\n{verdict}\n"
+                        f"Shard-merged output equal to a single run is asserted in `tests/test_scale.py` "
+                        f"(byte for byte).\n\n{notes}")
+    print(f"wrote {md}")
 
 
 def bench_fleet_section(args):
     """Run bench_fleet with the tiny encoder; outside --quick, (re)write its own section of BENCHMARKS.md."""
-    work = Path(tempfile.mkdtemp(prefix="jepa-bench-fleet-"))
-    tiny = demo.make_tiny_encoder(work / "tiny")
-    ckpt = head_checkpoint(work / "tiny-head.pt", jepa.VJEPAEncoder(str(tiny)),
-                           cli.load_config(None, encoder=str(tiny)))
-    r = bench_fleet(work, tiny, ckpt, args.quick)
+    with tempfile.TemporaryDirectory(prefix="jepa-bench-fleet-") as work:
+        work = Path(work)
+        tiny = demo.make_tiny_encoder(work / "tiny")
+        ckpt = head_checkpoint(work / "tiny-head.pt", jepa.VJEPAEncoder(str(tiny)),
+                               cli.load_config(None, encoder=str(tiny)))
+        r = bench_fleet(work, tiny, ckpt, args.quick)
     table = fleet_table(r)
     print("\n" + table)
     md = args.markdown or (None if args.quick else "BENCHMARKS.md")
@@ -351,7 +381,6 @@ def bench_fleet_section(args):
                                          f"{datetime.date.today().isoformat()}, {os.cpu_count()} CPUs, tiny "
                                          f"encoder, CPU.\n\n```\n{table}\n```\n\n{FLEET_NOTES}")
         print(f"wrote {md}")
-    shutil.rmtree(work, ignore_errors=True)
 
 
 # ---- one long clip at the real encoder's input size (issue 22): bench.py --only clip ----
@@ -384,8 +413,8 @@ def bench_long_clip(work):
 
 def bench_clip_section(args):
     """Run bench_long_clip; outside --quick, (re)write its own section of BENCHMARKS.md."""
-    work = Path(tempfile.mkdtemp(prefix="jepa-bench-clip-"))
-    r = bench_long_clip(work)
+    with tempfile.TemporaryDirectory(prefix="jepa-bench-clip-") as work:
+        r = bench_long_clip(Path(work))
     measured = f"{r['clip_1024_mb']:.0f} MB (1024 frames) vs {r['clip_16_mb']:.0f} MB (16)"
     ratio = f"clip_1024_over_16 {r['clip_1024_over_16']:.2f}"
     table = "\n".join([f"{'what':<13} {'measured':<58} {'ratio':<26} target",
@@ -398,7 +427,6 @@ def bench_clip_section(args):
                                        f"encoder input 256 px, D={r['embed_dim']}, random weights, 1 layer."
                                        f"\n\n```\n{table}\n```\n\n{CLIP_NOTES}")
         print(f"wrote {md}")
-    shutil.rmtree(work, ignore_errors=True)
 
 
 CLIP_NOTES = """\
@@ -441,7 +469,7 @@ def report_table(r):
 
 # ---- make select / make similar at scale (issue 13): synthetic embeddings, D=1024 ----
 
-SELECT_HEADING = "## Selection at scale"
+SELECT_HEADING = "Selection at scale"
 
 
 def bench_clip(i, group=10):
@@ -508,9 +536,9 @@ def selection_peak(args, module="selection"):
 def bench_select(quick, top=1000):
     """make select (TOP of n, with the manifest) and one make similar query, at a small and a large n."""
     sizes = (2_000, 20_000) if quick else (10_000, 1_000_000)
-    work = Path(tempfile.mkdtemp(prefix="jepa-bench-select-"))
     res = {"select_top": top, "select_sizes": sizes}
-    try:
+    with tempfile.TemporaryDirectory(prefix="jepa-bench-select-") as work:
+        work = Path(work)
         for n in sizes:
             t0 = time.perf_counter()
             scores = make_selection_inputs(work / str(n), n)
@@ -526,8 +554,6 @@ def bench_select(quick, top=1000):
             print(f"select {n}: {sel[0]:.1f}s, peak RSS {sel[1]:.0f} MB (walked "
                   f"{res[f'select_{n}_walked']}); similar: {sim[0]:.1f}s, {sim[1]:.0f} MB", flush=True)
             shutil.rmtree(work / str(n))  # 4 GB at 1M: gone before the next size
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     small, big = sizes
     for what in ("select", "similar"):
         res[f"{what}_rss_ratio"] = res[f"{what}_{big}"][1] / res[f"{what}_{small}"][1]
@@ -565,17 +591,7 @@ def bench_select_section(args):
     verdict = (f"Targets (select < 60 s at {big:,} clips; RSS {big:,}/{small:,} <= 1.5 for both): "
                f"{'met' if met else 'MISSED'} in this run. At {big:,} clips select walked "
                f"{r[f'select_{big}_walked']:,} clips for its {r['select_top']:,} picks.")
-    section = (f"{SELECT_HEADING}\n\n{textwrap.fill(intro, 112)}\n\n```\n{table}\n```\n\n"
-               f"{textwrap.fill(verdict, 112)}\n\n{SELECT_NOTES}\n")
-    old = Path(md).read_text() if Path(md).exists() else "# Benchmarks\n"
-    if SELECT_HEADING in old:  # replace the section in place, up to the next one
-        head, rest = old.split(SELECT_HEADING, 1)
-        tail = rest[rest.index("\n## ") + 1:] if "\n## " in rest else ""
-        text = head + section + ("\n" + tail if tail else "")
-    else:
-        text = old.rstrip("\n") + "\n\n" + section
-    Path(md).write_text(text)
-    print(f"wrote {md} ({SELECT_HEADING})")
+    write_scale_section(md, SELECT_HEADING, intro, table, verdict, SELECT_NOTES)
 
 
 def bench_ranking(n=10_000, scenes=500, resamples=1000, seed=0):
@@ -642,16 +658,16 @@ SELECT_NOTES = """\
 
 # ---- the probe at scale (issue 20): bench.py --only learn ----
 
-LEARN_HEADING = "## Learning at scale"
+LEARN_HEADING = "Learning at scale"
 
 
 def bench_learn(quick, labelled=1000):
     """make learn (fit on `labelled` clips, then p_interesting for every clip) at a small and a large n, over
     make_selection_inputs' clips; every n/labelled-th clip labelled, 1 and 0 in turn."""
     sizes = (2_000, 20_000) if quick else (10_000, 1_000_000)
-    work = Path(tempfile.mkdtemp(prefix="jepa-bench-learn-"))
     res = {"learn_labelled": labelled, "learn_sizes": sizes}
-    try:
+    with tempfile.TemporaryDirectory(prefix="jepa-bench-learn-") as work:
+        work = Path(work)
         for n in sizes:
             scores = make_selection_inputs(work / str(n), n)
             every = n // labelled
@@ -666,8 +682,6 @@ def bench_learn(quick, labelled=1000):
             print(f"learn {n}: {secs:.1f}s, peak RSS {peak:.0f} MB, CV AP {meta['cv_ap']['probe']:.3f}",
                   flush=True)
             shutil.rmtree(work / str(n))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     small, big = sizes
     res["learn_rss_ratio"] = res[f"learn_{big}"][1] / res[f"learn_{small}"][1]
     return res
@@ -698,17 +712,7 @@ def bench_learn_section(args):
     verdict = (f"Targets (fit + score < 60 s at {big:,} clips; RSS {big:,}/{small:,} <= 1.5): "
                f"{'met' if met else 'MISSED'} in this run. The embeddings are read in selection.chunk_mb "
                f"chunks twice (statistics, then scoring); only the labelled rows are held whole.")
-    section = f"{LEARN_HEADING}\n\n{textwrap.fill(intro, 112)}\n\n```\n{table}\n```\n\n" \
-              f"{textwrap.fill(verdict, 112)}\n"
-    old = Path(md).read_text() if Path(md).exists() else "# Benchmarks\n"
-    if LEARN_HEADING in old:
-        head, rest = old.split(LEARN_HEADING, 1)
-        tail = rest[rest.index("\n## ") + 1:] if "\n## " in rest else ""
-        text = head + section + ("\n" + tail if tail else "")
-    else:
-        text = old.rstrip("\n") + "\n\n" + section
-    Path(md).write_text(text)
-    print(f"wrote {md} ({LEARN_HEADING})")
+    write_scale_section(md, LEARN_HEADING, intro, table, verdict)
 
 
 # ---- video decode (issue 21): bench.py --only video ----
@@ -743,7 +747,11 @@ def make_video_and_jpegs(folder, frames, size=(1920, 1080), fps=30):
 def bench_video(quick):
     """Loader frames/s for one worker (num_workers=0, data.image_size 256): clips of 16 frames taking every
     2nd frame (FPS=15 of a 30 fps file), back to back, read from the MP4 and from the JPEG files."""
-    work = Path(tempfile.mkdtemp(prefix="jepa-bench-video-"))
+    with tempfile.TemporaryDirectory(prefix="jepa-bench-video-") as work:
+        return _decode_rates(Path(work), quick)
+
+
+def _decode_rates(work, quick):
     frames = 128 if quick else 480
     path, jpegs = make_video_and_jpegs(work, frames)
     every, per_clip = 2, 16
@@ -769,7 +777,6 @@ def bench_video(quick):
             best = dt if best is None else min(best, dt)
         res[f"{name}_fps"] = len(rows) * per_clip / best
     res["mp4_over_jpeg"] = res["mp4_fps"] / res["jpeg_fps"]
-    shutil.rmtree(work, ignore_errors=True)
     return res
 
 
@@ -800,6 +807,11 @@ def bench_video_section(args):
         write_section(md, "Video decode", f"{textwrap.fill(intro, 110)}\n\n```\n{table}\n```\n\n"
                                           f"{textwrap.fill(verdict, 110)}")
         print(f"wrote {md}")
+
+
+# the parts --only runs, each writing its own section of BENCHMARKS.md; a full run ends with all of them
+SECTIONS = {"fleet": bench_fleet_section, "clip": bench_clip_section, "select": bench_select_section,
+            "learn": bench_learn_section, "video": bench_video_section, "ranking": bench_ranking_section}
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ fast: `import report` took 3.5 s here, 2.7 s of it torch, until eval.py imported
   2. config                    config.yaml as defaults and schema, typed overrides, what a resume may change
   3. files and locks           only regular files in and out, atomic writes, one writer per output
 """
+import argparse
 import contextlib
 import errno
 import fcntl
@@ -75,6 +76,22 @@ def add_scoring_args(p, checkpoint_required=True):
                         f"differ from training")
 
 
+def scores_commands(doc, scores_help, **commands):
+    """A parser with one subcommand per name=help of `commands` (dest "command"), each taking --scores,
+    --config and --set: the commands over a scores file (select, similar; learn fit, apply).
+    Returns (parser, [subparser per command])."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    subs = [sub.add_parser(name, help=text) for name, text in commands.items()]
+    for q in subs:
+        q.add_argument("--scores", required=True, help=scores_help)
+        q.add_argument("--config", default=str(CONFIG_PATH), help="YAML with the keys to change "
+                       "(default: the shipped config.yaml)")
+        q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key, e.g. selection.max_similarity=0.9; repeatable")
+    return p, subs
+
+
 def add_clip_inputs(p, manifest_use, labels_use):
     """--manifest, --data-root and --labels as report.py and selection.py take them."""
     p.add_argument("--manifest", help=f"manifest JSONL the clips were scored from: {manifest_use}")
@@ -96,6 +113,8 @@ CONFIG_FLAGS = {
     "epochs": ("training.epochs", int, "total epochs (with --resume, training continues up to this number)"),
     "batch_size": ("training.batch_size", int, "predictor-head batch size"),
     "seed": ("seed", int, "seeds the split, the masks, the head's init and the shuffling"),
+    "top": ("selection.top", int, "clips to pick"),
+    "k": ("selection.similar_k", int, "neighbours to list after the clip itself"),
 }
 # config keys (or key prefixes) a command may change relative to the run it continues or scores
 MAY_CHANGE = {
@@ -106,6 +125,33 @@ MAY_CHANGE = {
 }
 NULLABLE = {"data.root": str, "data.num_workers": int}  # keys whose default is null: their type
 CHOICES = {"evaluation.aggregate": ("mean", "max")}
+# the allowed range of each number key (a list key: of each element; a NULLABLE key may also be null):
+# "[a, b]" / "[a, b)" / ">= a" / "> a"; validate_config checks them, with the one rule RANGES cannot say
+RANGES = {
+    "seed": "[0, 2**63)", "data.mask_ratio": "[0, 1]", "data.tubelet_size": ">= 1",
+    "data.patch_size": ">= 1", "data.num_workers": ">= 0", "data.val_fraction": "[0, 1)",
+    "model.predictor_hidden_dim": ">= 1", "model.predictor_dropout": "[0, 1)",
+    "training.lr": "> 0", "training.epochs": ">= 1", "training.batch_size": ">= 1",
+    "training.encode_batch_size": ">= 1", "training.encode_chunk_clips": ">= 1",
+    "training.checkpoint_every": ">= 1",
+    "evaluation.batch_size": ">= 1", "evaluation.k_values": ">= 1", "evaluation.knn_k": ">= 1",
+    "selection.top": ">= 1", "selection.max_similarity": "[-1, 1]", "selection.per_scene": ">= 0",
+    "selection.similar_k": ">= 1", "selection.explore_share": "[0, 1]", "selection.chunk_mb": ">= 1",
+}
+RANGE_NOTES = {"selection.per_scene": " (0 = no limit)"}
+
+
+def _bound(text):
+    base, _, power = text.strip(" >=").partition("**")
+    return float(base) ** int(power) if power else float(base)
+
+
+def in_range(value, rule):
+    """Whether a number is in a RANGES rule."""
+    if rule.startswith(">"):
+        return value >= _bound(rule) if rule.startswith(">=") else value > _bound(rule)
+    low, high = (_bound(x) for x in rule[1:-1].split(","))
+    return low <= value and (value <= high if rule.endswith("]") else value < high)
 
 
 def add_config_flags(parser, names):
@@ -200,35 +246,23 @@ def load_config(path=None, sets=(), base=None, **named):
 
 
 def validate_config(cfg):
-    """Range checks on a resolved config; raise UserError naming the key and the allowed range."""
-    d, t = cfg["data"], cfg["training"]
-    checks = [
-        (0 <= cfg["seed"] < 2 ** 63, "seed", "must be in [0, 2**63)"),
-        (0.0 <= d["mask_ratio"] <= 1.0, "data.mask_ratio", "must be in [0, 1]"),
-        (d["patch_size"] >= 1 and d["image_size"] >= 1 and d["image_size"] % d["patch_size"] == 0,
-         "data.image_size", f"must be a positive multiple of data.patch_size ({d['patch_size']})"),
-        (d["tubelet_size"] >= 1, "data.tubelet_size", "must be >= 1"),
-        (d["num_workers"] is None or d["num_workers"] >= 0, "data.num_workers", "must be >= 0 or null"),
-        (0.0 <= d["val_fraction"] < 1.0, "data.val_fraction", "must be in [0, 1)"),
-        (cfg["model"]["predictor_hidden_dim"] >= 1, "model.predictor_hidden_dim", "must be >= 1"),
-        (0.0 <= cfg["model"]["predictor_dropout"] < 1.0, "model.predictor_dropout", "must be in [0, 1)"),
-        (t["lr"] > 0, "training.lr", "must be > 0"),
-        (t["epochs"] >= 1, "training.epochs", "must be >= 1"),
-        (t["batch_size"] >= 1, "training.batch_size", "must be >= 1"),
-        (t["encode_batch_size"] >= 1, "training.encode_batch_size", "must be >= 1"),
-        (t["encode_chunk_clips"] >= 1, "training.encode_chunk_clips", "must be >= 1"),
-        (t["checkpoint_every"] >= 1, "training.checkpoint_every", "must be >= 1"),
-        (cfg["evaluation"]["batch_size"] >= 1, "evaluation.batch_size", "must be >= 1"),
-        (all(k >= 1 for k in cfg["evaluation"]["k_values"]), "evaluation.k_values", "must all be >= 1"),
-        (cfg["evaluation"]["knn_k"] >= 1, "evaluation.knn_k", "must be >= 1"),
-    ]
+    """Range checks on a resolved config (RANGES, CHOICES and the image size rule); raise UserError naming
+    the key and the allowed range."""
+    flat, d = _flatten(cfg), cfg["data"]
+    checks = [(d["patch_size"] < 1 or (d["image_size"] >= 1 and d["image_size"] % d["patch_size"] == 0),
+               "data.image_size", f"must be a positive multiple of data.patch_size ({d['patch_size']})")]
+    for key, rule in RANGES.items():
+        value = flat[key]
+        ok = (value is None and key in NULLABLE) or all(in_range(v, rule) for v in
+                                                      (value if isinstance(value, list) else [value]))
+        words = f"in {rule}" if rule.startswith("[") else rule
+        checks.append((ok, key, f"must {'all ' if isinstance(value, list) else ''}be {words}"
+                                f"{' or null' if key in NULLABLE else ''}{RANGE_NOTES.get(key, '')}"))
     for key, options in CHOICES.items():
-        section, name = key.split(".")
-        checks.append((cfg[section][name] in options, key, f"must be one of {', '.join(options)}"))
+        checks.append((flat[key] in options, key, f"must be one of {', '.join(options)}"))
     for ok, key, rule in checks:
         if not ok:
-            section, _, name = key.rpartition(".")
-            raise UserError(f"config key {key} = {(cfg[section] if section else cfg)[name]!r} {rule}")
+            raise UserError(f"config key {key} = {flat[key]!r} {rule}")
 
 
 def refuse_changes(old_cfg, new_cfg, command, what, why):
@@ -244,6 +278,16 @@ def refuse_changes(old_cfg, new_cfg, command, what, why):
 # ==================================================================================================
 # 3. files and locks
 # ==================================================================================================
+
+def decode_jsonl_line(raw, where, what):
+    """(object, None) of one JSONL line's bytes, or (None, problem). A UTF-8 BOM is accepted."""
+    try:
+        return json.loads(raw.decode("utf-8-sig")), None
+    except UnicodeDecodeError:
+        return None, f"{where}: not UTF-8 text (re-save the {what} as UTF-8)"
+    except json.JSONDecodeError as e:
+        return None, f"{where}: not JSON ({e.msg} at column {e.colno})"
+
 
 def special_file_problem(path):
     """Why `path` cannot be a frame, found without opening it (opening a FIFO blocks forever), or None.

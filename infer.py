@@ -267,47 +267,29 @@ def score_locked(args, out, shard):
 # ---- merge ----
 
 class ShardReader:
-    """Reads one shard's lines and embedding rows in step, checking each line is complete."""
+    """One shard's lines and embedding rows, read in step through scorefile (checked whole first)."""
 
     def __init__(self, path):
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise cli.UserError(f"{path}: shard file not found")
-        meta_path = Path(f"{path}.meta.json")
-        try:
-            self.meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-        except (OSError, ValueError):
-            raise cli.UserError(f"{meta_path}: corrupt; rerun that shard's command with --overwrite")
-        self.dim = self.meta.get("embed_dim")
-        if not isinstance(self.dim, int) or not Path(f"{path}.emb.npy").is_file():
-            raise cli.UserError(f"{path}: no embeddings file or embed_dim beside it (scored by an older "
-                                 f"version?); rescore that shard")
-        self.lines, self.emb = open(self.path, "rb"), open(f"{path}.emb.npy", "rb")
-        self.emb.seek(HEADER_BYTES)
-        self.number, self.line, self.clip_id = 0, None, None
+        scores = scorefile.Scores(path, redo="rerun that shard's command")
+        self.path, self.meta = scores.path, scorefile.read_meta(path, redo="rerun that shard's command with "
+                                                                           "--overwrite")
+        if not isinstance(self.meta.get("embed_dim"), int):
+            raise cli.UserError(f"{path}: no embed_dim in {path}.meta.json (scored by an older version?); "
+                                 f"rescore that shard")
+        emb = scorefile.Embeddings(scores)
+        self.dim, self.rows = emb.dim, emb.raw_rows()
+        self.lines = scorefile.lines(path, scores.redo)
+        self.number, self.line, self.obj, self.clip_id = 0, None, None, None
 
     def advance(self):
         """Read the next line; returns its clip_id, or None at the end."""
-        raw = self.lines.readline()
         self.number += 1
-        if not raw:
-            self.line = self.clip_id = None
-            return None
-        if not raw.endswith(b"\n"):
-            raise cli.UserError(f"{self.path}:{self.number}: torn last line; rerun that shard's command to "
-                                 f"finish it")
-        self.clip_id = parse_row(raw).get("clip_id")
-        if not isinstance(self.clip_id, str):
-            raise cli.UserError(f"{self.path}:{self.number}: "
-                                "not a scores line (a JSON object with a clip_id)")
-        self.line = raw
+        _, self.line, self.obj = next(self.lines, (None, None, {}))
+        self.clip_id = self.obj.get("clip_id")
         return self.clip_id
 
     def row(self):
-        data = self.emb.read(4 * self.dim)
-        if len(data) != 4 * self.dim:
-            raise cli.UserError(f"{self.path}.emb.npy: fewer rows than lines; rerun that shard's command")
-        return data
+        return next(self.rows)
 
 
 def check_same_origin(readers):
@@ -367,7 +349,7 @@ def merge_locked(args, out):
             for reader in interleave(clips, readers, args.manifest):
                 lines.write(reader.line)
                 emb.write(reader.row())
-                failed += "error" in parse_row(reader.line)
+                failed += "error" in reader.obj
             # every shard line checked: the earlier set goes, so a kill never leaves new rows beside old lines
             cli.remove_earlier_set(out, f"{out}.meta.json")
         cli.atomic_write(f"{out}.emb.npy", write_rows)

@@ -21,7 +21,6 @@ OUT.probe.npz (mean, std, weights, bias, C, encoder fingerprint, scores path; np
 reads it) and OUT.meta.json (labels, counts, conflicts, the CV losses, the honest report).
 Embeddings are read in pieces of about selection.chunk_mb, never whole.
 """
-import argparse
 import json
 import math
 import sys
@@ -31,7 +30,7 @@ import numpy as np
 
 import cli
 import ranking
-from selection import Embeddings, Scores, read_meta
+from scorefile import Embeddings, Scores, read_meta
 
 C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
 FOLDS = 5
@@ -393,15 +392,10 @@ def run_apply(args, cfg):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
-    f = sub.add_parser("fit", help="fit a probe on labelled clips and score every clip (make learn)")
-    a = sub.add_parser("apply", help="score the clips of other scores with a fitted probe")
-    for q in (f, a):
-        q.add_argument("--scores", required=True, help="scores JSONL from make score; S.emb.npy beside it")
-        q.add_argument("--config", default=str(cli.CONFIG_PATH), help="YAML with the keys to change")
-        q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config key")
+    p, (f, a) = cli.scores_commands(
+        __doc__, "scores JSONL from make score; S.emb.npy beside it",
+        fit="fit a probe on labelled clips and score every clip (make learn)",
+        apply="score the clips of other scores with a fitted probe")
     f.add_argument("--labels", nargs="+", required=True, help="labels JSONL files; later ones win")
     f.add_argument("--output", default="probe.jsonl", help="p_interesting JSONL; OUT.probe.npz and "
                    "OUT.meta.json go beside it (default: probe.jsonl)")

@@ -24,11 +24,10 @@ frames: one sub-folder per scene under --frames-dir, holding images directly or 
   computed from the paths as given (symlinks are kept, never resolved), or absolute where no relative path
   from the manifest's folder reaches the frame.
 Splits: --split for all clips; else the official split where vendored here (the v1.0-mini lists, and `test`
-for
-  v1.0-test); else a seeded split by whole scenes: round(20%) of those scenes go to val, at least one when
+  for v1.0-test); else a seeded split by whole scenes: round(20%) of those scenes go to val, at least one when
   there are two or more, so with few scenes the clip counts are far from 80/20 (the summary says what was
   drawn). The official v1.0-trainval lists (850 scenes) are not vendored: trainval scenes get the seeded
-  split.
+  split. --val-output V also writes the val clips, as they are, to V (every clip when none is val).
 check: prints a summary, `warning: file:line: what` and `error: file:line: what` lines; exit 1 on any error.
 """
 import argparse
@@ -156,26 +155,17 @@ def clip_record(raw, line, base, where):
             "timestamps": raw.get("timestamps")}
 
 
-def _decode_line(raw, where, what):
-    """(object, None) of one JSONL line's bytes, or (None, problem). A UTF-8 BOM is accepted."""
-    try:
-        return json.loads(raw.decode("utf-8-sig")), None
-    except UnicodeDecodeError:
-        return None, f"{where}: not UTF-8 text (re-save the {what} as UTF-8)"
-    except json.JSONDecodeError as e:
-        return None, f"{where}: not JSON ({e.msg} at column {e.colno})"
-
-
-def jsonl_lines(path, what="manifest"):
-    """Yield (line number, `file:line`, object, problem, byte offset) per non-blank line of a JSONL file,
-    reading it as a stream; object is None and problem says why when the line is not UTF-8 or not JSON."""
+def jsonl_lines(path, what="manifest", keep=None):
+    """Yield (line number, `file:line`, object, problem, byte offset, bytes) per non-blank line of a JSONL
+    file, reading it as a stream; object is None and problem says why when the line is not UTF-8 or not JSON.
+    keep: optional test of a line's bytes; lines it refuses are skipped unparsed."""
     with open(path, "rb") as f:
         offset = 0
         for line, raw in enumerate(f, 1):
             start, offset = offset, offset + len(raw)
-            if raw.strip():
+            if raw.strip() and (keep is None or keep(raw)):
                 where = f"{path}:{line}"
-                yield (line, where, *_decode_line(raw, where, what), start)
+                yield (line, where, *cli.decode_jsonl_line(raw, where, what), start, raw)
 
 
 def _input_file(path, what, hint):
@@ -296,7 +286,7 @@ def read_jsonl(path, what, hint=""):
     problem (not UTF-8, not JSON, not an object with a string clip_id, a repeated clip_id)."""
     _input_file(path, what, hint)
     rows, problems, seen = [], [], {}
-    for line, where, obj, problem, _ in jsonl_lines(path, what):
+    for line, where, obj, problem, *_ in jsonl_lines(path, what):
         if problem:
             problems.append(problem)
             continue
@@ -320,6 +310,38 @@ def _manifest_base(path, root):
     return str(Path(root)) if root else str(Path(path).resolve().parent)
 
 
+class ManifestScan:
+    """The one validating pass over a manifest, streamed: iterate it for (line number, byte offset, bytes,
+    object, clip_id, frames as written) of each good line. Each bad line (not JSON, not a clip, fewer frames
+    than one tubelet) adds its `file:line: what` to `problems` (the first `limit` of them; `count` counts
+    all); at the end of the pass the repeated clip_ids are added (found through hashes) and the problems
+    sorted by line. A repeated line has been yielded too: `repeated` holds those lines, for a caller that
+    keeps records. keep: as jsonl_lines (lines it refuses are neither checked nor yielded)."""
+
+    def __init__(self, path, root=None, tubelet_size=2, limit=None, keep=None):
+        self.path, self.base, self.tubelet_size = Path(path), _manifest_base(path, root), tubelet_size
+        self.limit, self.keep = limit, keep
+        self.problems, self.count, self.repeated = [], 0, set()
+
+    def __iter__(self):
+        hashes = array("q")
+        for line, where, obj, problem, start, raw in jsonl_lines(self.path, keep=self.keep):
+            fields = problem or _clip_fields(obj, where)
+            if not isinstance(fields, str) and len(fields[1]) < self.tubelet_size:
+                fields = f"{where}: {len(fields[1])} frame(s), fewer than one tubelet ({self.tubelet_size})"
+            if isinstance(fields, str):
+                self.count += 1
+                if self.limit is None or self.count <= self.limit:
+                    self.problems.append(fields)
+                continue
+            hashes.append(id_hash(fields[0]))
+            yield (line, start, raw, obj, *fields)
+        duplicates = _duplicate_problems(self.path, hashes, self.keep)
+        self.repeated = {_line_of(p) for p in duplicates}
+        self.problems = sorted(self.problems + duplicates, key=_line_of)
+        self.count += len(duplicates)
+
+
 def parse_manifest(path, root=None, tubelet_size=2):
     """Read a JSONL manifest into (clip dicts, problems); frames resolve against `root` or the manifest's
     folder.
@@ -330,22 +352,12 @@ def parse_manifest(path, root=None, tubelet_size=2):
     if problem:
         return [], [f"{path}: manifest {'not found' if problem == 'file not found' else problem} "
                     f"(pass MANIFEST=path/to/clips.jsonl)"]
-    base = _manifest_base(path, root)
-    records, problems, seen = [], [], {}
-    for line, where, raw, problem, _ in jsonl_lines(path):
-        rec = problem or clip_record(raw, line, base, where)
-        if isinstance(rec, dict) and len(rec["frames"]) < tubelet_size:
-            rec = f"{where}: {len(rec['frames'])} frame(s), fewer than one tubelet ({tubelet_size})"
-        elif isinstance(rec, dict) and rec["clip_id"] in seen:
-            rec = f"{where}: duplicate clip_id {rec['clip_id']!r} (first on line {seen[rec['clip_id']]})"
-        if isinstance(rec, str):
-            problems.append(rec)
-            continue
-        seen[rec["clip_id"]] = line
-        records.append(rec)
-    if not records and not problems:
-        problems.append(f"{path}: empty manifest (no clips)")
-    return records, problems
+    scan = ManifestScan(path, root, tubelet_size)
+    records = [clip_record(obj, line, scan.base, f"{path}:{line}") for line, _, _, obj, *_ in scan]
+    records = [r for r in records if r["line"] not in scan.repeated]
+    if not records and not scan.problems:
+        return [], [f"{path}: empty manifest (no clips)"]
+    return records, scan.problems
 
 
 def read_manifest(path, root=None, tubelet_size=2):
@@ -373,7 +385,7 @@ class ClipIndex:
         if self._pid != os.getpid():  # one handle per process: loader workers are forked
             self._file, self._pid = open(self.path, "rb"), os.getpid()
         self._file.seek(int(self.offsets[i]))
-        raw, _ = _decode_line(self._file.readline(), f"{self.path}:{self.lines[i]}", "manifest")
+        raw, _ = cli.decode_jsonl_line(self._file.readline(), f"{self.path}:{self.lines[i]}", "manifest")
         return clip_record(raw, int(self.lines[i]), self.base, f"{self.path}:{self.lines[i]}")
 
     def tail(self, start):
@@ -397,39 +409,21 @@ def scan_manifest(path, root=None, tubelet_size=2, shard=(0, 1)):
     The fingerprint hashes the kept lines' bytes (the folder frames resolve against is ClipIndex.base)."""
     path = Path(path)
     _input_file(path, "manifest", " (pass MANIFEST=path/to/clips.jsonl)")
-    base = _manifest_base(path, root)
     first, step = shard
-    all_hashes, problems, count = array("q"), [], 0
+    scan, n = ManifestScan(path, root, tubelet_size, limit=MAX_LISTED), 0
     kept = {k: array("q") for k in ("offsets", "lines", "frames", "hashes")}
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        offset = 0
-        for line, raw in enumerate(f, 1):
-            start, offset = offset, offset + len(raw)
-            if not raw.strip():
-                continue
-            where = f"{path}:{line}"
-            obj, problem = _decode_line(raw, where, "manifest")
-            fields = problem or _clip_fields(obj, where)
-            if not isinstance(fields, str) and len(fields[1]) < tubelet_size:
-                fields = f"{where}: {len(fields[1])} frame(s), fewer than one tubelet ({tubelet_size})"
-            if isinstance(fields, str):
-                count += 1
-                if count <= MAX_LISTED:
-                    problems.append(fields)
-                continue
-            all_hashes.append(id_hash(fields[0]))
-            if (len(all_hashes) - 1) % step == first:
-                for key, value in zip(kept, (start, line, len(fields[1]), all_hashes[-1])):
-                    kept[key].append(value)
-                digest.update(raw.rstrip(b"\r\n") + b"\n")
-    duplicates = _duplicate_problems(path, all_hashes)
-    if problems or duplicates:
-        raise_problems(sorted(problems + duplicates, key=_line_of), count + len(duplicates))
-    if not all_hashes:
+    for n, (line, start, raw, _, clip_id, frames) in enumerate(scan, 1):
+        if (n - 1) % step == first:
+            for key, value in zip(kept, (start, line, len(frames), id_hash(clip_id))):
+                kept[key].append(value)
+            digest.update(raw.rstrip(b"\r\n") + b"\n")
+    if scan.count:
+        raise_problems(scan.problems, scan.count)
+    if not n:
         raise cli.UserError(f"{path}: empty manifest (no clips)")
     arrays = [np.frombuffer(kept[k], dtype=np.int64) for k in ("offsets", "lines", "frames", "hashes")]
-    return ClipIndex(path, base, *arrays, digest.hexdigest()[:16])
+    return ClipIndex(path, scan.base, *arrays, digest.hexdigest()[:16])
 
 
 def _line_of(problem):
@@ -437,7 +431,7 @@ def _line_of(problem):
     return int(match.group(1)) if match else 0
 
 
-def _duplicate_problems(path, hashes):
+def _duplicate_problems(path, hashes, keep=None):
     """`file:line: duplicate clip_id` problems, found through the ids' hashes (a second pass only when two
     hashes collide, so the common case keeps no clip_id in memory)."""
     values, counts = np.unique(np.frombuffer(hashes, dtype=np.int64), return_counts=True)
@@ -445,7 +439,7 @@ def _duplicate_problems(path, hashes):
     if not repeated:
         return []
     problems, seen = [], {}
-    for line, where, obj, problem, _ in jsonl_lines(path):
+    for line, where, obj, problem, *_ in jsonl_lines(path, keep=keep):
         fields = problem or _clip_fields(obj, where)
         if isinstance(fields, str) or id_hash(fields[0]) not in repeated:
             continue
@@ -1007,6 +1001,8 @@ def parse_args(argv=None):
         q.add_argument("--seed", type=int, default=0,
                        help="seed of the 80/20 scene split outside official lists")
         q.add_argument("--output", required=True, help="manifest to write (JSONL; folders are created)")
+        q.add_argument("--val-output", help="also write the val clips of --output to this manifest (every "
+                                            "clip when none is val), e.g. for make eval")
 
     n = sub.add_parser("nuscenes", help="clips from a nuScenes download")
     n.add_argument("--dataroot", required=True, help="nuScenes folder holding VERSION/, samples/ and sweeps/")
@@ -1033,10 +1029,24 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def write_split(path, split, out):
+    """Write the lines of manifest `path` whose split is `split`, as they are, to `out` (every line when none
+    is: a warning says so); returns how many had that split."""
+    lines = [(obj, raw) for _, _, obj, problem, _, raw in jsonl_lines(path) if not problem]
+    picked = [raw for obj, raw in lines if isinstance(obj, dict) and obj.get("split") == split]
+    cli.atomic_write(out, lambda f: f.write(b"".join(picked or [raw for _, raw in lines])))
+    print(f"{out}: {len(picked)} {split} clips" if picked else
+          f"warning: no {split} clips (too few scenes?): {out} holds every clip instead")
+    return len(picked)
+
+
 def main(argv=None):
     args = parse_args(argv)
-    return {"nuscenes": nuscenes_manifest, "frames": frames_manifest,
+    code = {"nuscenes": nuscenes_manifest, "frames": frames_manifest,
             "videos": videos_manifest, "check": check_manifest}[args.command](args)
+    if getattr(args, "val_output", None):
+        write_split(args.output, "val", args.val_output)
+    return code
 
 
 if __name__ == "__main__":

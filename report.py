@@ -36,6 +36,7 @@ import numpy as np
 
 import cli
 import ranking
+import scorefile
 from scorefile import is_number as _number, read_meta
 from eval import rank_order, read_labels
 from manifest import read_jsonl, read_manifest
@@ -55,31 +56,9 @@ DUP_REASONS = ("near_duplicate", "scene_quota")
 # ---- reading inputs ----
 
 def read_scores(path):
-    """infer.py's scores JSONL -> list of clip dicts in file order. A NaN/inf score is kept as a failed
-    clip."""
-    rows = read_jsonl(path, "scores file", " (write one with infer.py --output)")
-    clips = []
-    for where, obj in rows:
-        score, tubs = obj.get("score"), obj.get("tubelet_scores", [])
-        if (score is not None and not _number(score)) or not isinstance(tubs, list) \
-                or not all(map(_number, tubs)) or not isinstance(obj.get("first_frame") or "", str) \
-                or not all(isinstance(obj.get(k, ""), str) for k in ("scene", "camera")):
-            raise cli.UserError(f"{where}: score must be a number or null, tubelet_scores a list of numbers, "
-                                 f"first_frame a path and scene and camera text (as infer.py writes them)")
-        try:  # JSON integers have no size limit; a 400-digit one does not fit a float
-            score, tubs = (None if score is None else float(score)), [float(t) for t in tubs]
-        except OverflowError:
-            raise cli.UserError(f"{where}: a score is too large to be a number (as infer.py writes them)")
-        clip = {"scene": "unknown", "camera": "unknown", "first_frame": None, **obj, "score": score,
-                "tubelet_scores": tubs}
-        if score is not None and not math.isfinite(score):
-            clip.update(score=None, error=obj.get("error") or f"score is {score}")
-        elif score is None:
-            clip.setdefault("error", "no score (reason not recorded)")
-        clips.append(clip)
-    return clips
-
-
+    """infer.py's scores JSONL -> list of clip dicts in file order (scorefile.clip_dict: a NaN/inf or null
+    score is a failed clip)."""
+    return [scorefile.clip_dict(obj) for _, _, obj in scorefile.lines(path)]
 
 
 def _pick_problem(obj, last_rank):

@@ -5,7 +5,7 @@ Usage:
   make sample-for-labels SCORES=scores.jsonl [N=200] [OUT=labels_sample.jsonl beside SCORES]
 
 Labels taken from the top of a ranking make that ranking look better than it is. This draws N clips with
-a score (failed clips are skipped) at random, each scene getting its proportional share
+a score (failed clips, null or NaN, are skipped) at random, each scene getting its proportional share
 (ranking.stratified_sample), and writes OUT: the labels template eval.py --labels reads, one
 {"clip_id", "binary_label": null, "source": "random_sample"} per line, and OUT with a .csv suffix for
 reviewers (clip_id, scene, camera, first_frame, binary_label empty; no score, so it cannot sway the
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import cli
 import ranking
-from manifest import read_jsonl
+import scorefile
 
 CSV_COLUMNS = ("clip_id", "scene", "camera", "first_frame", "binary_label")
 
@@ -34,8 +34,8 @@ def parse_args(argv=None):
 
 
 def sample_rows(rows, n, seed):
-    """The scored rows (score not null) of a stratified random sample of n, in file order."""
-    scored = [r for r in rows if r.get("score") is not None]
+    """The scored rows (a finite score) of a stratified random sample of n, in file order."""
+    scored = [r for r in rows if scorefile.is_scored(r)]
     if not scored:
         raise cli.UserError("no clip in the scores file has a score (all failed); nothing to sample")
     return [scored[i] for i in ranking.stratified_sample([r.get("scene", "") for r in scored], n, seed)]
@@ -49,7 +49,7 @@ def main(argv=None):
     csv_out = out.with_suffix(".csv")
     cli.check_output(out, {"--scores": args.scores})
     cli.check_output(csv_out, {"--scores": args.scores})
-    rows = [obj for _, obj in read_jsonl(args.scores, "scores file", " (pass SCORES=path/to/scores.jsonl)")]
+    rows = [obj for _, _, obj in scorefile.lines(args.scores)]
     picked = sample_rows(rows, args.n, args.seed)
     cli.atomic_write_text(out, "".join(json.dumps({"clip_id": r["clip_id"], "binary_label": None,
                                                    "source": "random_sample"}) + "\n"
@@ -61,7 +61,7 @@ def main(argv=None):
         writer.writerow([r["clip_id"], r.get("scene", ""), r.get("camera", ""), r.get("first_frame", ""), ""])
     cli.atomic_write_text(csv_out, buf.getvalue())
     scenes = len({r.get("scene", "") for r in picked})
-    print(f"sampled {len(picked)} of {sum(r.get('score') is not None for r in rows)} scored clips from "
+    print(f"sampled {len(picked)} of {sum(map(scorefile.is_scored, rows))} scored clips from "
           f"{scenes} scenes (seed {args.seed}); wrote {out} (labels template) and {csv_out} (for reviewers)")
 
 

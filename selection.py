@@ -20,14 +20,10 @@ selection.
 similar lists the clip itself (rank 0, cosine 1) and then the K clips nearest to it by cosine.
 Embeddings are read through short-lived memory maps, in pieces of about selection.chunk_mb: never whole.
 """
-import argparse
 import csv
 import io
 import json
-import math
-import os
 import re
-from array import array
 from collections import defaultdict
 from pathlib import Path
 
@@ -35,7 +31,7 @@ import numpy as np
 
 import cli
 import scorefile
-from scorefile import is_number as _number, read_meta
+from scorefile import Embeddings, Scores
 
 WALK_BATCH = 1024  # candidates read and compared with the picks in one matrix product
 NN_THRESHOLDS = (0.8, 0.9, 0.95, 0.98, 0.99)  # printed shares of top clips with a neighbour at >= each
@@ -45,162 +41,6 @@ PLAIN_CLIP_ID = re.compile(rb'"clip_id"\s*:\s*"([^"\\]*)"')  # no escapes in it:
 
 
 # ---- inputs ----
-
-class Scores:
-    """infer.py's scores JSONL, lean enough for millions of clips: per clip only its score, scene and line
-    offset are held; the clip_id and any other field are re-read from its line. Row i is line i + 1 (blank
-    lines are refused).
-
-    ids: ClipIds (N clip_ids, read on demand); score: (N,) float64, NaN = no score; scene: (N,) int32 index
-    into scene_names; offsets: (N,) int64 byte offset of each line."""
-
-    def __init__(self, path):
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise cli.UserError(f"{path}: scores file not found (write one with make score)")
-        scene_code, self.scene_names = {}, []
-        score, scene, offsets, pos = array("d"), array("i"), array("q"), 0
-        with open(self.path, "rb") as f:
-            for i, raw in enumerate(f):
-                obj = self._parse(raw, i)
-                s = obj.get("score")
-                score.append(s if s is not None and math.isfinite(s) else math.nan)
-                name = str(obj.get("scene", "unknown"))
-                if name not in scene_code:
-                    scene_code[name] = len(self.scene_names)
-                    self.scene_names.append(name)
-                scene.append(scene_code[name])
-                offsets.append(pos)
-                pos += len(raw)
-        if not offsets:
-            raise cli.UserError(f"{path}: empty scores file (no clips)")
-        self.score, self.scene = np.frombuffer(score, np.float64), np.frombuffer(scene, np.int32)
-        self.offsets = np.frombuffer(offsets, np.int64)
-        self.ids = ClipIds(self)
-
-    def __len__(self):
-        return len(self.offsets)
-
-    def where(self, i):
-        return f"{self.path}:{i + 1}"
-
-    def _parse(self, raw, i):
-        if not raw.strip():
-            raise cli.UserError(f"{self.where(i)}: blank line; embedding row i belongs to line i + 1, so "
-                                 f"the file must hold one line per clip (rewrite it with make score)")
-        try:
-            obj = json.loads(raw)
-        except ValueError:
-            obj = None
-        if not isinstance(obj, dict) or not isinstance(obj.get("clip_id"), str) \
-                or not (obj.get("score") is None or _number(obj["score"])):
-            raise cli.UserError(f"{self.where(i)}: not a scores line (a JSON object with a string clip_id "
-                                 f"and a numeric or null score); rewrite it with make score")
-        return obj
-
-    def line(self, i):
-        """Line i + 1 as a dict (re-read from the file)."""
-        with open(self.path, "rb") as f:
-            f.seek(int(self.offsets[i]))
-            return self._parse(f.readline(), i)
-
-    def find(self, clip_id):
-        try:
-            return self.ids.index(clip_id)
-        except ValueError:
-            raise cli.UserError(f"{self.path}: no clip {clip_id!r} in this scores file; pass a clip_id "
-                                 f"from it")
-
-
-class ClipIds:
-    """The clip_ids of a scores file, re-read from their lines when asked for instead of held: a million
-    Python strings would be most of select's memory. Supports len(), [i], iteration and index()."""
-
-    def __init__(self, scores):
-        self.scores, self._file = scores, None
-
-    def __len__(self):
-        return len(self.scores)
-
-    def __getitem__(self, i):
-        if self._file is None:  # one handle for all lookups: ties in a large file can ask for many ids
-            self._file = open(self.scores.path, "rb")
-        self._file.seek(int(self.scores.offsets[i]))
-        return self.scores._parse(self._file.readline(), int(i))["clip_id"]
-
-    def __iter__(self):
-        with open(self.scores.path, "rb") as f:
-            for raw in f:
-                yield json.loads(raw)["clip_id"]
-
-    def index(self, clip_id):
-        for i, c in enumerate(self):
-            if c == clip_id:
-                return i
-        raise ValueError(clip_id)
-
-
-class Embeddings:
-    """S.emb.npy, read in bounded pieces, never whole: np.load(mmap_mode="r") checks its header, full passes
-    map one chunk at a time and unmap it (a map kept open holds every page it touched in RSS, which would grow
-    to the file's size), scattered rows are read with pread."""
-
-    def __init__(self, scores):
-        self.path = Path(f"{scores.path}.emb.npy")
-        if not self.path.is_file():
-            raise cli.UserError(f"{self.path}: embeddings of {scores.path} not found; score the clips again "
-                                 f"with make score, which writes them beside the scores")
-        try:
-            mm = np.load(self.path, mmap_mode="r")
-        except (OSError, ValueError) as e:
-            raise cli.UserError(f"{self.path}: not a readable .npy file ({e}); score the clips again")
-        if mm.dtype != np.float32 or mm.ndim != 2 or not mm.flags.c_contiguous:
-            raise cli.UserError(f"{self.path}: expected a C-ordered (N, D) float32 array, got {mm.dtype} "
-                                 f"{mm.shape}; score the clips again")
-        (self.n, self.dim), self.offset = mm.shape, mm.offset
-        del mm
-        if self.n != len(scores):
-            raise cli.UserError(f"{self.path} has {self.n} rows but {scores.path} has {len(scores)} lines; "
-                                 f"use the two files of one make score run")
-        dim = read_meta(scores.path).get("embed_dim")
-        if dim is not None and dim != self.dim:
-            raise cli.UserError(f"{self.path} holds {self.dim}-d rows but {scores.path}.meta.json says "
-                                 f"embed_dim {dim}; use the two files of one make score run")
-
-    def _map(self, start, stop):
-        offset = self.offset + start * self.dim * 4
-        return np.memmap(self.path, np.float32, "r", offset, (stop - start, self.dim))
-
-    def take(self, rows):
-        """Rows (B,) in any order -> (B, D) float32, read with pread, one read per run of consecutive rows.
-        Not through a memory map: each scattered row touched there maps a whole page-cache folio (over 1 MB a
-        row on this machine's kernel), so a batch of 1,024 rows would add over 1 GB to RSS."""
-        uniq, back = np.unique(np.asarray(rows, np.int64), return_inverse=True)
-        got = np.empty((len(uniq), self.dim), np.float32)
-        starts = np.flatnonzero(np.diff(uniq, prepend=-2) != 1)
-        row_bytes = self.dim * 4
-        with open(self.path, "rb", buffering=0) as f:
-            for a, b in zip(starts, np.r_[starts[1:], len(uniq)]):
-                data = os.pread(f.fileno(), (b - a) * row_bytes, self.offset + int(uniq[a]) * row_bytes)
-                if len(data) != (b - a) * row_bytes:
-                    raise cli.UserError(f"{self.path}: truncated (row {uniq[b - 1]} missing); score again")
-                got[a:b] = np.frombuffer(data, np.float32).reshape(b - a, self.dim)
-        return got[back.reshape(-1)]
-
-    def chunks(self, rows):
-        """Yield (first row, (<= rows, D) float32) over the whole file in order. The array is one buffer
-        reused for every chunk: it is valid until the next one is read."""
-        buf = np.empty((min(rows, self.n), self.dim), np.float32)
-        for start in range(0, self.n, rows):
-            stop = min(start + rows, self.n)
-            mm = self._map(start, stop)
-            buf[:stop - start] = mm
-            del mm
-            yield start, buf[:stop - start]
-
-    def chunk_rows(self, chunk_mb):
-        return max(1, chunk_mb * 2 ** 20 // (self.dim * 4))
-
 
 def unit_rows(x):
     """(B, D) -> (B, D) float64 rows of norm 1; a zero row stays zero (cosine 0 with everything)."""
@@ -217,18 +57,6 @@ def finite_rows(emb, scores, rows, x):
         raise cli.UserError(f"{emb.path}: row {i} is not finite but {scores.where(i)} ({scores.ids[i]!r}) "
                              f"has a score; use the two files of one make score run")
     return x
-
-
-def check_config(sel):
-    """Range checks of the selection section (cli.validate_config checks the others)."""
-    rules = [(-1.0 <= sel["max_similarity"] <= 1.0, "max_similarity", "must be in [-1, 1]"),
-             (sel["per_scene"] >= 0, "per_scene", "must be >= 0 (0 = no limit)"),
-             (sel["top"] >= 1, "top", "must be >= 1"), (sel["similar_k"] >= 1, "similar_k", "must be >= 1"),
-             (sel["chunk_mb"] >= 1, "chunk_mb", "must be >= 1"),
-             (0 <= sel["explore_share"] <= 1, "explore_share", "must be in [0, 1]")]
-    for ok, key, rule in rules:
-        if not ok:
-            raise cli.UserError(f"config key selection.{key} = {sel[key]!r} {rule}")
 
 
 # ---- select ----
@@ -300,31 +128,27 @@ def cosine_summary(nn, max_similarity):
 
 def manifest_details(path, root, wanted):
     """{clip_id: (first frame, last frame, first timestamp, last timestamp)} for the ids in `wanted`, streamed
-    line by line: a million-line manifest is never held. A line whose plain clip_id is not wanted is skipped
-    unparsed (8x faster); lines with an escaped or derived clip_id are parsed."""
-    from manifest import clip_record  # the manifest reader's own normalisation (both styles, derived ids)
+    through manifest.ManifestScan: a million-line manifest is never held. A line whose plain clip_id is not
+    wanted is skipped unparsed (8x faster); lines with an escaped or derived clip_id are parsed."""
+    from manifest import ManifestScan, clip_record  # the manifest's own rules (both styles, derived ids)
     path = Path(path)
     if not path.is_file():
         raise cli.UserError(f"{path}: manifest not found (leave MANIFEST= out to select without frame "
                              f"details)")
-    base = Path(root) if root else path.resolve().parent
-    found, wanted_bytes = {}, {c.encode() for c in wanted}
-    with open(path, "rb") as f:
-        for line, raw in enumerate(f, 1):
-            named = PLAIN_CLIP_ID.search(raw)
-            if not raw.strip() or (named and named.group(1) not in wanted_bytes):
-                continue
-            try:
-                obj = json.loads(raw)
-            except ValueError:
-                raise cli.UserError(f"{path}:{line}: not JSON; check the manifest with make check")
-            rec = clip_record(obj, line, base, f"{path}:{line}")
-            if isinstance(rec, str):
-                raise cli.UserError(f"{rec}; check the manifest with make check")
-            if rec["clip_id"] in wanted:
-                ts = rec["timestamps"] if isinstance(rec["timestamps"], list) else None
-                ts = ts or [None]
-                found[rec["clip_id"]] = (rec["frames"][0], rec["frames"][-1], ts[0], ts[-1])
+    wanted_bytes = {c.encode() for c in wanted}
+
+    def keep(raw):
+        named = PLAIN_CLIP_ID.search(raw)
+        return not named or named.group(1) in wanted_bytes
+
+    scan, found = ManifestScan(path, root, tubelet_size=1, limit=1, keep=keep), {}
+    for line, _, _, obj, clip_id, _ in scan:
+        if clip_id in wanted:
+            rec = clip_record(obj, line, scan.base, f"{path}:{line}")
+            ts = (rec["timestamps"] if isinstance(rec["timestamps"], list) else None) or [None]
+            found[clip_id] = (rec["frames"][0], rec["frames"][-1], ts[0], ts[-1])
+    if scan.problems:
+        raise cli.UserError(f"{scan.problems[0]}; check the manifest with make check")
     return found
 
 
@@ -612,20 +436,13 @@ def run_similar(args, cfg):
 # ---- command line ----
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("select", help="pick clips for labelling, folding near-duplicates (make select)")
-    m = sub.add_parser("similar", help="the clips nearest to one clip by cosine (make similar)")
-    for q in (s, m):
-        q.add_argument("--scores", required=True, help="scores JSONL from make score; S.emb.npy must lie "
-                       "beside it")
-        q.add_argument("--config", default=str(cli.CONFIG_PATH), help="YAML with the keys to change "
-                       "(default: the shipped config.yaml)")
-        q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config key, e.g. selection.max_similarity=0.9; repeatable")
+    commands = {"select": "pick clips for labelling, folding near-duplicates (make select)",
+                "similar": "the clips nearest to one clip by cosine (make similar)"}
+    p, (s, m) = cli.scores_commands(__doc__, "scores JSONL from make score; S.emb.npy must lie beside it",
+                                    **commands)
     cli.add_clip_inputs(s, "last frames and timestamps (default: none, those fields are null)",
                         "compare the raw ranking and the selection")
-    s.add_argument("--top", type=int, help="clips to pick (default: selection.top, 50)")
+    cli.add_config_flags(s, ["top"])
     s.add_argument("--rank-by", choices=("score", "probe", "mix"), default="score",
                    help="score: novelty; probe: p_interesting; mix: p_interesting with "
                    "selection.explore_share of the batch for the most novel clips the probe is unsure about "
@@ -634,18 +451,14 @@ def parse_args(argv=None):
     s.add_argument("--output", default="selection.jsonl", help="picks JSONL; the CSV and OUT.meta.json go "
                    "beside it (default: selection.jsonl)")
     m.add_argument("--clip", required=True, help="clip_id of the clip to find neighbours of")
-    m.add_argument("--k", type=int, help="neighbours to list after the clip itself (default: "
-                   "selection.similar_k, 20)")
+    cli.add_config_flags(m, ["k"])
     m.add_argument("--output", default="similar.jsonl", help="neighbours JSONL (default: similar.jsonl)")
     return p.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    named = {"top": getattr(args, "top", None), "similar_k": getattr(args, "k", None)}
-    sets = [*args.set, *(f"selection.{key}={v}" for key, v in named.items() if v is not None)]
-    cfg = cli.load_config(args.config, sets)
-    check_config(cfg["selection"])
+    cfg = cli.load_config(args.config, args.set, **cli.config_flags(args))
     return run_select(args, cfg) if args.command == "select" else run_similar(args, cfg)
 
 

@@ -343,6 +343,17 @@ def test_split_rule_is_said_for_few_scenes(tmp_path, capsys):
                                    "--split", "test", "--output", out)
     assert stdout == [f"wrote 6 clips to {out}: 3 scenes, 1 cameras, test 6",
                       "splits: every clip test (--split test)"]
+    # --val-output: the val clips' lines as written, or every line (with a warning) when none is val
+    val = tmp_path / "val.jsonl"
+    code, stdout, _ = manifest_cli(capsys, "frames", "--frames-dir", frames, "--frames", 2, "--stride", 2,
+                                   "--output", out, "--val-output", val)
+    lines = out.read_text().splitlines(keepends=True)
+    assert code == 0 and val.read_text() == "".join(x for x in lines if json.loads(x)["split"] == "val")
+    assert stdout[-1] == f"{val}: {len(val.read_text().splitlines())} val clips"
+    code, stdout, _ = manifest_cli(capsys, "frames", "--frames-dir", frames, "--frames", 2, "--stride", 2,
+                                   "--split", "train", "--output", out, "--val-output", val)
+    assert code == 0 and val.read_bytes() == out.read_bytes()
+    assert stdout[-1] == f"warning: no val clips (too few scenes?): {val} holds every clip instead"
 
 
 def test_natural_key():

@@ -196,6 +196,11 @@ def test_odd_image_modes_and_small_images_just_work(tmp_path, mode):
     (["training.epochs=0"], "config key training.epochs = 0 must be >= 1"),
     (["evaluation.aggregate=median"], "must be one of mean, max"),
     (["nokey"], "expected section.key=value"),
+    (["seed=-1"], "config key seed = -1 must be in [0, 2**63)"),
+    (["data.num_workers=-1"], "config key data.num_workers = -1 must be >= 0 or null"),
+    (["evaluation.k_values=[5, 0]"], "config key evaluation.k_values = [5, 0] must all be >= 1"),
+    (["selection.max_similarity=1.5"], "config key selection.max_similarity = 1.5 must be in [-1, 1]"),
+    (["selection.per_scene=-1"], "config key selection.per_scene = -1 must be >= 0 (0 = no limit)"),
 ])
 def test_config_errors_name_the_key(sets, message):
     with pytest.raises(cli.UserError) as e:

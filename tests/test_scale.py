@@ -51,6 +51,6 @@ def test_merge_names_a_corrupt_shard_line(tmp_path, demo_data):
     bad.write_text('{"clip_id": "scene_0__CAM_FRONT__000"}\nnot json\n')
     (tmp_path / "bad.jsonl.meta.json").write_text('{"embed_dim": 4}')
     np.save(tmp_path / "bad.jsonl.emb.npy", np.zeros((2, 4), dtype="<f4"))
-    with pytest.raises(cli.UserError, match=r"bad.jsonl:2: not a scores line"):
+    with pytest.raises(cli.UserError, match=r"bad.jsonl:2: not JSON"):
         infer.main(["--merge", str(bad), "--manifest", str(demo_data), "--output", str(tmp_path / "m.jsonl")])
     assert not (tmp_path / "m.jsonl").exists()

@@ -2,6 +2,7 @@
 hand-made scores/embeddings files."""
 import csv
 import json
+import re
 
 import numpy as np
 import pytest
@@ -242,3 +243,14 @@ def test_similar_refuses_an_unknown_clip_in_one_line(tmp_path):
     assert proc.stderr == f"error: {scores}: no clip 'nope' in this scores file; pass a clip_id from it\n"
     with pytest.raises(cli.UserError, match=r"scores.jsonl:6: clip 'f' has no embedding"):
         selection.main(["similar", "--scores", str(scores), "--clip", "f", "--output", str(tmp_path / "o")])
+
+
+def test_top_and_k_are_typed_config_flags(tmp_path):
+    scores = write_inputs(tmp_path, [("a", "s", 0.5, [1.0, 0.0])])
+    for argv, message in ((["select", "--top", "0"], "config key selection.top = 0 must be >= 1"),
+                          (["similar", "--clip", "a", "--k", "0"], "config key selection.similar_k = 0 must be "
+                                                                   ">= 1")):
+        with pytest.raises(cli.UserError, match=re.escape(message)):
+            selection.main([argv[0], "--scores", str(scores), *argv[1:]])
+    with pytest.raises(SystemExit):  # argparse refuses a --top that is not an int, before any work
+        selection.main(["select", "--scores", str(scores), "--top", "many"])
