@@ -264,9 +264,10 @@ def verdict(ranking):
 def ranks_of(scores_path, clip_ids):
     """1-based rank of each clip id in a scores file (highest score first, ties by clip_id, as report.py
     ranks)."""
-    from eval import rank_order
-    rows = [json.loads(line) for line in Path(scores_path).read_text().splitlines() if line.strip()]
-    order = rank_order({r["clip_id"]: r["score"] for r in rows})
+    import scorefile
+    from ranking import rank_order
+    order = rank_order({obj["clip_id"]: scorefile.clip_dict(obj)["score"]
+                        for _, _, obj in scorefile.lines(scores_path)})
     return {c: order.index(c) + 1 for c in clip_ids}, order
 
 
@@ -309,12 +310,13 @@ def novelty_only(scores_path, skip, top):
     """What round 2 would be by novelty alone: selection.py's own walk (the same folding and scene cap) over
     the clips not in `skip`."""
     import cli
+    import scorefile
     import selection
     cfg = cli.load_config(cli.CONFIG_PATH, [SELECT_SET[1]])["selection"]
-    scores = selection.Scores(scores_path)
+    scores = scorefile.Scores(scores_path)
     score = scores.score.copy()
     score[[i for i, c in enumerate(scores.ids) if c in skip]] = np.nan
-    picks, _ = selection.greedy_select(selection.walk_order(score, scores.ids), selection.Embeddings(scores),
+    picks, _ = selection.greedy_select(selection.walk_order(score, scores.ids), scorefile.Embeddings(scores),
                                        scores, top, cfg["max_similarity"], cfg["per_scene"])
     return [scores.ids[r] for r in picks]
 
