@@ -57,10 +57,9 @@ def parse_args(argv=None):
 def selected_clip_ids(path):
     """Clip ids a selection file (make select's JSONL) put in front of reviewers: its picks and the
     near-duplicates folded under them."""
-    rows = read_jsonl(path, "selection file", " (pass SELECTION=path/to/selection.jsonl from make select)")
-    folded = {d["clip_id"] for _, obj in rows for d in obj.get("near_duplicates") or []
-              if isinstance(d, dict) and isinstance(d.get("clip_id"), str)}
-    return {obj["clip_id"] for _, obj in rows} | folded
+    from selection import read_selection
+    picks = read_selection(path)
+    return {p["clip_id"] for p in picks} | {d["clip_id"] for p in picks for d in p["near_duplicates"]}
 
 
 RANKED_SOURCES = ("selection", "ranking")  # a label's "source" as the review page exports it

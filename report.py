@@ -40,6 +40,7 @@ import scorefile
 from scorefile import is_number as _number, read_meta
 from eval import rank_order, read_labels
 from manifest import read_jsonl, read_manifest
+from selection import read_selection
 
 THUMB_SIZE = (160, 120)  # box a still fits in: ~4 KB as JPEG
 THUMB_QUALITY = 70
@@ -50,7 +51,6 @@ EPOCH_US = 1e14  # timestamps (µs) past this are dates (nuScenes), smaller ones
 EXPORT_FIELDS = ("clip_id", "scene", "camera", "score", "first_frame", "last_frame", "first_timestamp",
                  "last_timestamp")
 PEAK_RGB = (232, 89, 12)
-DUP_REASONS = ("near_duplicate", "scene_quota")
 
 
 # ---- reading inputs ----
@@ -59,44 +59,6 @@ def read_scores(path):
     """infer.py's scores JSONL -> list of clip dicts in file order (scorefile.clip_dict: a NaN/inf or null
     score is a failed clip)."""
     return [scorefile.clip_dict(obj) for _, _, obj in scorefile.lines(path)]
-
-
-def _pick_problem(obj, last_rank):
-    """What is wrong with one selection.jsonl line, or None."""
-    is_int = isinstance(obj.get("rank"), int) and not isinstance(obj.get("rank"), bool)
-    if not is_int or obj["rank"] <= last_rank:
-        return f"rank must be an integer above the previous line's ({last_rank}), got {obj.get('rank')!r}"
-    if not _number(obj.get("score")):
-        return f"score must be a number, got {obj.get('score')!r}"
-    for key in ("scene", "camera", "first_frame", "last_frame"):
-        if not isinstance(obj.get(key, ""), (str, type(None))):
-            return f"{key} must be a string or null"
-    for key in ("first_timestamp", "last_timestamp"):
-        if obj.get(key) is not None and not _number(obj[key]):
-            return f"{key} must be a number or null"
-    dups = obj.get("near_duplicates", [])
-    if not isinstance(dups, list) or not all(map(_good_duplicate, dups)):
-        return ("near_duplicates must be a list of {clip_id: string, score and similarity: number or null, "
-                f"reason: {' or '.join(DUP_REASONS)}}}")
-    return None
-
-
-def _good_duplicate(d):
-    return isinstance(d, dict) and isinstance(d.get("clip_id"), str) and d.get("reason") in DUP_REASONS \
-        and all(d.get(k) is None or _number(d[k]) for k in ("score", "similarity"))
-
-
-def read_selection(path):
-    """selection.jsonl from `make select` -> list of picks in rank order; UserError `file:line: what`."""
-    picks, last_rank = [], 0
-    for where, obj in read_jsonl(path, "selection file", " (write one with make select)"):
-        problem = _pick_problem(obj, last_rank)
-        if problem:
-            raise cli.UserError(f"{where}: {problem}")
-        last_rank = obj["rank"]
-        picks.append({**obj, "scene": obj.get("scene") or "unknown", "camera": obj.get("camera") or "unknown",
-                      "near_duplicates": obj.get("near_duplicates", [])})
-    return picks
 
 
 # ---- images ----

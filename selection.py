@@ -31,6 +31,7 @@ import numpy as np
 
 import cli
 import scorefile
+from manifest import read_jsonl
 from scorefile import Embeddings, Scores
 
 WALK_BATCH = 1024  # candidates read and compared with the picks in one matrix product
@@ -38,6 +39,49 @@ NN_THRESHOLDS = (0.8, 0.9, 0.95, 0.98, 0.99)  # printed shares of top clips with
 PICK_COLUMNS = ("rank", "clip_id", "scene", "camera", "score", "first_frame", "last_frame", "first_timestamp",
                 "last_timestamp")
 PLAIN_CLIP_ID = re.compile(rb'"clip_id"\s*:\s*"([^"\\]*)"')  # no escapes in it: its bytes are its text
+
+
+# ---- selection.jsonl, the format this file writes: its one reader (report.py, eval.py) ----
+
+DUP_REASONS = ("near_duplicate", "scene_quota")
+
+
+def _pick_problem(obj, last_rank):
+    """What is wrong with one selection.jsonl line, or None."""
+    is_int = isinstance(obj.get("rank"), int) and not isinstance(obj.get("rank"), bool)
+    if not is_int or obj["rank"] <= last_rank:
+        return f"rank must be an integer above the previous line's ({last_rank}), got {obj.get('rank')!r}"
+    if not scorefile.is_number(obj.get("score")):
+        return f"score must be a number, got {obj.get('score')!r}"
+    for key in ("scene", "camera", "first_frame", "last_frame"):
+        if not isinstance(obj.get(key, ""), (str, type(None))):
+            return f"{key} must be a string or null"
+    for key in ("first_timestamp", "last_timestamp"):
+        if obj.get(key) is not None and not scorefile.is_number(obj[key]):
+            return f"{key} must be a number or null"
+    dups = obj.get("near_duplicates", [])
+    if not isinstance(dups, list) or not all(map(_good_duplicate, dups)):
+        return ("near_duplicates must be a list of {clip_id: string, score and similarity: number or null, "
+                f"reason: {' or '.join(DUP_REASONS)}}}")
+    return None
+
+
+def _good_duplicate(d):
+    return isinstance(d, dict) and isinstance(d.get("clip_id"), str) and d.get("reason") in DUP_REASONS \
+        and all(d.get(k) is None or scorefile.is_number(d[k]) for k in ("score", "similarity"))
+
+
+def read_selection(path):
+    """selection.jsonl from `make select` -> list of picks in rank order; UserError `file:line: what`."""
+    picks, last_rank = [], 0
+    for where, obj in read_jsonl(path, "selection file", " (write one with make select)"):
+        problem = _pick_problem(obj, last_rank)
+        if problem:
+            raise cli.UserError(f"{where}: {problem}")
+        last_rank = obj["rank"]
+        picks.append({**obj, "scene": obj.get("scene") or "unknown", "camera": obj.get("camera") or "unknown",
+                      "near_duplicates": obj.get("near_duplicates", [])})
+    return picks
 
 
 # ---- inputs ----

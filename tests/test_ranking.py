@@ -167,8 +167,9 @@ def test_eval_flags_labels_taken_from_a_selection(tmp_path):
 
     import eval as evaluation
     sel = tmp_path / "selection.jsonl"
-    sel.write_text(json.dumps({"rank": 1, "clip_id": "a", "near_duplicates": [{"clip_id": "b"}]}) + "\n"
-                   + json.dumps({"rank": 2, "clip_id": "c", "near_duplicates": []}) + "\n")
+    folded = {"clip_id": "b", "score": 0.4, "similarity": 0.99, "reason": "near_duplicate"}
+    sel.write_text(json.dumps({"rank": 1, "clip_id": "a", "score": 0.5, "near_duplicates": [folded]}) + "\n"
+                   + json.dumps({"rank": 2, "clip_id": "c", "score": 0.3, "near_duplicates": []}) + "\n")
     selected = evaluation.selected_clip_ids(sel)
     assert selected == {"a", "b", "c"}
     block = {"warnings": []}
