@@ -80,11 +80,17 @@ def _clip_fields(raw, where):
     split = raw.get("split")
     if split is not None and split not in ("train", "val", "test"):
         return f"{where}: split must be train, val or test, got {split!r}"
+    return line_clip_id(raw, frames), frames
+
+
+def line_clip_id(raw, what):
+    """A manifest line's clip_id as a string; without one, derived from its scene, camera and `what` (its
+    frames, or a video span)."""
     clip_id = raw.get("clip_id")
     if clip_id is None:
         clip_id = derived_clip_id(str(raw.get("scene_id", raw.get("scene", "unknown"))),
-                                  str(raw.get("camera", "unknown")), frames)
-    return str(clip_id), frames
+                                  str(raw.get("camera", "unknown")), what)
+    return str(clip_id)
 
 
 def _video_fields(raw, where):
@@ -113,11 +119,7 @@ def _video_fields(raw, where):
                     f"(>= 1) [+ every (>= 1)]")
         span = {"video": path, "start_s": start, "num_frames": n, "every": every}
         frames = [f"{path}#frame=?"] * n
-    clip_id = raw.get("clip_id")
-    if clip_id is None:  # the id covers the file and the frame range
-        clip_id = derived_clip_id(str(raw.get("scene_id", raw.get("scene", "unknown"))),
-                                  str(raw.get("camera", "unknown")), span)
-    return str(clip_id), frames
+    return line_clip_id(raw, span), frames  # a derived id covers the file and the frame range
 
 
 def _video_record(raw, base):
