@@ -15,9 +15,11 @@ from PIL import Image
 import eval as evaluation
 import cli
 import jepa
+import selection
 import train
 from conftest import CHUNK, run_script, write_jsonl
 from manifest import check_frames, read_manifest
+from test_selection import write_inputs
 
 FIXED = ["--set", "data.num_workers=0"]
 
@@ -414,3 +416,60 @@ def test_kill_between_the_files_of_a_set_leaves_no_mismatched_pair(tmp_path, slu
                         env={"JEPA_TEST_KILL_AT": "atomic_write:sel.csv"})
     assert killed.returncode == -9 and sel.read_text() != "old"
     assert not sel.with_suffix(".csv").exists() and not Path(f"{sel}.meta.json").exists()
+
+
+# ---- 11. a damaged last.pt on --resume: one line with the fix, nothing trained from it ----
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda path: path.write_bytes(path.read_bytes()[:2000]), r"not a jepa-clips checkpoint .*; to resume, "),
+    (lambda path: torch.save(dict(torch.load(path, weights_only=True), best_metric=float("nan")), path),
+     r"cannot resume from it \(epoch 4, best_metric nan"),
+    (lambda path: torch.save(dict(torch.load(path), model_state={
+        k: torch.full_like(v, float("nan")) for k, v in torch.load(path)["model_state"].items()}), path),
+     r"its weights or optimizer state hold NaN or infinity; "),
+])
+def test_damaged_resume_checkpoint_is_one_line_and_the_run_is_untouched(tmp_path, reference, tiny_encoder,
+                                                                        demo_data, damage, words):
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    damage(run / "last.pt")
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.suffix in (".pt", ".jsonl")}
+    # a NaN best_metric used to train on and never write best.pt again; NaN weights stopped at the first
+    # batch saying "the last good checkpoint last.pt is intact"
+    with pytest.raises(cli.UserError, match=rf"^{run / 'last.pt'}: {words}.*restore it from epoch_NNN.pt"):
+        train.main(["--run-dir", str(run), "--resume", "--encoder", str(tiny_encoder), "--epochs", "6",
+                    *FIXED])
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.suffix in (".pt", ".jsonl")} == before
+
+
+# ---- 12. a full disk mid-write: one line naming the file, the earlier output intact, no temp file ----
+
+def test_full_disk_mid_write_is_one_line_and_keeps_what_was_there(tmp_path, reference, tiny_encoder,
+                                                                   monkeypatch):
+    real_open = open
+
+    def full_disk_for(name, modes):
+        def fake_open(path, mode="r", *args, **kwargs):
+            f = real_open(path, mode, *args, **kwargs)
+            if name in str(path) and mode in modes:
+                f.close()
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return f
+        monkeypatch.setattr("builtins.open", fake_open)
+
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    last = (run / "last.pt").read_bytes()
+    full_disk_for("metrics.jsonl", ("a",))  # the per-epoch append was a traceback
+    with pytest.raises(cli.UserError, match=rf"^cannot write {run / 'metrics.jsonl'}: No space left on "
+                                             rf"device; free space, then continue with --resume"):
+        train.main(["--run-dir", str(run), "--resume", "--encoder", str(tiny_encoder), "--epochs", "5",
+                    *FIXED])
+    assert (run / "last.pt").read_bytes() == last
+    scores = write_inputs(tmp_path, [(f"c{i}", "s", i / 10, [1.0, i, 0.0]) for i in range(4)])
+    similar = tmp_path / "similar.jsonl"
+    similar.write_text("earlier\n")
+    full_disk_for("similar.jsonl", ("wb",))
+    with pytest.raises(cli.UserError, match=rf"^cannot write {similar}: No space left on device; free space"):
+        selection.main(["similar", "--scores", str(scores), "--clip", "c1", "--output", str(similar)])
+    assert similar.read_text() == "earlier\n" and not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
