@@ -57,6 +57,10 @@ def selected_clip_ids(path):
     """Clip ids a selection file (make select's JSONL) put in front of reviewers: its picks and the
     near-duplicates folded under them."""
     rows = read_jsonl(path, "selection file", " (pass SELECTION=path/to/selection.jsonl from make select)")
+    for where, obj in rows:
+        if not isinstance(obj.get("near_duplicates") or [], list):
+            raise cli.UserError(f"{where}: near_duplicates must be a list (as make select writes it), got "
+                                f"{type(obj['near_duplicates']).__name__}; pass the file make select wrote")
     folded = {d["clip_id"] for _, obj in rows for d in obj.get("near_duplicates") or []
               if isinstance(d, dict) and isinstance(d.get("clip_id"), str)}
     return {obj["clip_id"] for _, obj in rows} | folded

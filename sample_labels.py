@@ -19,7 +19,7 @@ from pathlib import Path
 
 import cli
 import ranking
-from manifest import read_jsonl
+from report import read_scores
 
 CSV_COLUMNS = ("clip_id", "scene", "camera", "first_frame", "binary_label")
 
@@ -49,8 +49,9 @@ def main(argv=None):
     csv_out = out.with_suffix(".csv")
     cli.check_output(out, {"--scores": args.scores})
     cli.check_output(csv_out, {"--scores": args.scores})
-    rows = [obj for _, obj in read_jsonl(args.scores, "scores file", " (pass SCORES=path/to/scores.jsonl)")]
+    rows = read_scores(args.scores)  # checked as report.py checks them: a hand-edited line is one error line
     picked = sample_rows(rows, args.n, args.seed)
+    cli.remove_earlier_set(out, csv_out)  # a kill between the two writes never leaves a new JSONL, old CSV
     cli.atomic_write_text(out, "".join(json.dumps({"clip_id": r["clip_id"], "binary_label": None}) + "\n"
                                        for r in picked))
     buf = io.StringIO()

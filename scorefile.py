@@ -26,6 +26,6 @@ def read_meta(scores_path):
     sidecar only costs its details)."""
     try:
         meta = json.loads(Path(f"{scores_path}.meta.json").read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
     return meta if isinstance(meta, dict) else {}

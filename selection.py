@@ -90,7 +90,9 @@ class Scores:
                                  f"the file must hold one line per clip (rewrite it with make score)")
         try:
             obj = json.loads(raw)
-        except ValueError:
+            if _number(obj.get("score")):
+                float(obj["score"])  # JSON integers have no size limit; a 400-digit one does not fit a float
+        except (ValueError, RecursionError, OverflowError, AttributeError):
             obj = None
         if not isinstance(obj, dict) or not isinstance(obj.get("clip_id"), str) \
                 or not (obj.get("score") is None or _number(obj["score"])):
@@ -152,7 +154,7 @@ class Embeddings:
                                  f"with make score, which writes them beside the scores")
         try:
             mm = np.load(self.path, mmap_mode="r")
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, EOFError) as e:  # EOFError: an empty file
             raise cli.UserError(f"{self.path}: not a readable .npy file ({e}); score the clips again")
         if mm.dtype != np.float32 or mm.ndim != 2 or not mm.flags.c_contiguous:
             raise cli.UserError(f"{self.path}: expected a C-ordered (N, D) float32 array, got {mm.dtype} "
@@ -316,7 +318,7 @@ def manifest_details(path, root, wanted):
                 continue
             try:
                 obj = json.loads(raw)
-            except ValueError:
+            except (ValueError, RecursionError):
                 raise cli.UserError(f"{path}:{line}: not JSON; check the manifest with make check")
             rec = clip_record(obj, line, base, f"{path}:{line}")
             if isinstance(rec, str):
@@ -379,6 +381,13 @@ def read_probe_rows(path, scores):
     if np.isnan(p).all():
         raise cli.UserError(f"{path}: no p_interesting for any clip of {scores.path}; run make learn "
                             f"on these scores")
+    # make learn writes a p_interesting for every clip with a score: a gap means other (older) scores
+    missing = np.flatnonzero(np.isnan(p) & ~np.isnan(scores.score))
+    if len(missing):
+        raise cli.UserError(f"{path}: no p_interesting for {len(missing)} of the "
+                            f"{int((~np.isnan(scores.score)).sum())} scored clips of {scores.path} (e.g. "
+                            f"{scores.ids[int(missing[0])]!r}), so it was written for other scores; run "
+                            f"learn.py apply --probe {path}.probe.npz --scores {scores.path} (or make learn)")
     return p, labelled
 
 
