@@ -256,7 +256,7 @@ def greedy_select(order, emb, scores, top, max_similarity, per_scene, batch=WALK
     similar pick of that scene. The candidates of a batch are compared with the earlier picks in one product
     and with this batch's picks through the batch's Gram matrix, so no candidate is read twice."""
     picks, folded, by_scene = [], defaultdict(list), defaultdict(list)
-    vecs = np.empty((top, emb.dim))  # the picks' unit vectors
+    vecs = np.empty((min(top, len(order)), emb.dim))  # the picks' unit vectors (TOP=10**20: as many as clips)
     for start in range(0, len(order), batch):
         rows = order[start:start + batch]
         cand = unit_rows(finite_rows(emb, scores, rows, emb.take(rows)))

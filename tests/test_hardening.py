@@ -610,3 +610,13 @@ def test_full_disk_mid_write_is_one_line_and_keeps_what_was_there(tmp_path, refe
     with pytest.raises(cli.UserError, match=rf"^cannot write {similar}: No space left on device; free space"):
         selection.main(["similar", "--scores", str(scores), "--clip", "c1", "--output", str(similar)])
     assert similar.read_text() == "earlier\n" and not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
+
+
+# ---- 13. absurd sizes on the command line: TOP=10**20 is "all of them", not an allocation ----
+
+def test_a_huge_top_picks_what_there_is(tmp_path):
+    scores = write_inputs(tmp_path, [(f"c{i}", f"s{i}", i / 10, [1.0, i, 0.0]) for i in range(6)])
+    out = tmp_path / "sel.jsonl"  # np.empty((TOP, D)) was a "Maximum allowed dimension exceeded" traceback
+    selection.main(["select", "--scores", str(scores), "--output", str(out), "--top", str(10 ** 20), "--set",
+                    "selection.max_similarity=1"])
+    assert len(out.read_text().splitlines()) == 6
