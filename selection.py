@@ -156,7 +156,7 @@ class Embeddings:
             mm = np.load(self.path, mmap_mode="r")
         except (OSError, ValueError, EOFError) as e:  # EOFError: an empty file
             raise cli.UserError(f"{self.path}: not a readable .npy file ({e}); score the clips again")
-        if mm.dtype != np.float32 or mm.ndim != 2 or not mm.flags.c_contiguous:
+        if mm.dtype != np.float32 or mm.ndim != 2 or not mm.flags.c_contiguous or mm.shape[1] < 1:
             raise cli.UserError(f"{self.path}: expected a C-ordered (N, D) float32 array, got {mm.dtype} "
                                  f"{mm.shape}; score the clips again")
         (self.n, self.dim), self.offset = mm.shape, mm.offset
@@ -167,7 +167,7 @@ class Embeddings:
         dim = read_meta(scores.path).get("embed_dim")
         if dim is not None and dim != self.dim:
             raise cli.UserError(f"{self.path} holds {self.dim}-d rows but {scores.path}.meta.json says "
-                                 f"embed_dim {dim}; use the two files of one make score run")
+                                 f"embed_dim {dim!r}; use the two files of one make score run")
 
     def _map(self, start, stop):
         offset = self.offset + start * self.dim * 4

@@ -508,6 +508,16 @@ def test_crafted_embeddings_are_one_line_errors_before_anything_is_written(tmp_p
     for argv in (fit, apply):
         with pytest.raises(cli.UserError, match=rf"^{emb_path}: not a readable .npy file .*score the clips"):
             learn.main(argv)
+    np.save(emb_path, np.zeros((60, 0), np.float32))  # 0-d rows: a ZeroDivisionError traceback
+    meta = Path(f"{scores}.meta.json")
+    kept = meta.read_text()
+    meta.unlink()  # without the embed_dim to compare with
+    similar = ["similar", "--scores", str(scores), "--clip", "c001", "--output", str(tmp_path / "a")]
+    for argv in (fit, similar):
+        with pytest.raises(cli.UserError, match=rf"^{emb_path}: expected a C-ordered \(N, D\) float32 "
+                                                 rf"array, got float32 \(60, 0\)"):
+            (learn if argv is fit else selection).main(argv)
+    meta.write_text(kept)
     # an inf in an unlabelled scored clip's row used to give p_interesting null with exit 0
     for row, argv in ((1, fit), (2, apply)):
         bad = good.copy()
