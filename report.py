@@ -36,7 +36,7 @@ import numpy as np
 
 import cli
 import ranking
-from scorefile import is_number as _number, read_meta
+from scorefile import is_number as _number, is_timestamp, read_meta
 from eval import rank_order, read_labels
 from manifest import read_jsonl, read_manifest
 
@@ -263,8 +263,8 @@ def clip_facts(clip, record, tubelet_size):
     """Frames, timestamps and the peak tubelet's frames of a scored clip, plus its export fields."""
     frames = record["frames"] if record else [clip["first_frame"]] if clip.get("first_frame") else []
     stamps = record.get("timestamps") if record else None
-    if not (isinstance(stamps, list) and len(stamps) == len(frames) and all(map(_number, stamps))):
-        stamps = None  # a manifest may carry none, or text; the page then shows no times
+    if not (isinstance(stamps, list) and len(stamps) == len(frames) and all(map(is_timestamp, stamps))):
+        stamps = None  # a manifest may carry none, text or NaN; the page then shows no times
     tubs, n = clip["tubelet_scores"], len(frames)
     size = tubelet_size or max(n // max(len(tubs), 1), 1)  # infer.py drops only a remainder
     peak = peak_tubelet(tubs) if record else None  # without the manifest the frames of a tubelet are unknown

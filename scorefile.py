@@ -21,6 +21,12 @@ def is_number(x):
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
+def is_timestamp(x):
+    """A manifest timestamp (µs) a page or a selection can use: a number within 10**17 µs (3,000 years) of
+    the epoch; NaN, infinity and a 400-digit integer (hand-edited manifests) are not."""
+    return is_number(x) and -1e17 < x < 1e17
+
+
 def read_meta(scores_path):
     """OUT.meta.json beside a scores file as a dict, or {} when missing or unreadable (a missing or broken
     sidecar only costs its details)."""

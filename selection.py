@@ -325,7 +325,7 @@ def manifest_details(path, root, wanted):
                 raise cli.UserError(f"{rec}; check the manifest with make check")
             if rec["clip_id"] in wanted:
                 ts = rec["timestamps"] if isinstance(rec["timestamps"], list) else None
-                ts = ts or [None]
+                ts = ts if ts and all(map(scorefile.is_timestamp, ts)) else [None]  # NaN: not JSON
                 found[rec["clip_id"]] = (rec["frames"][0], rec["frames"][-1], ts[0], ts[-1])
     return found
 

@@ -630,3 +630,21 @@ def test_a_huge_top_picks_what_there_is(tmp_path):
     selection.main(["select", "--scores", str(scores), "--output", str(out), "--top", str(10 ** 20), "--set",
                     "selection.max_similarity=1"])
     assert len(out.read_text().splitlines()) == 6
+
+
+# ---- 14. crafted manifest timestamps: NaN, infinity, 400-digit integers ----
+
+def test_crafted_timestamps_are_no_times_not_a_traceback(tmp_path, scored, demo_data):
+    rows = [json.loads(line) for line in demo_data.read_text().splitlines()]
+    stamps = [int("9" * 400), float("nan"), float("inf"), 1e300]
+    for i, r in enumerate(rows):  # a 400-digit stamp was an OverflowError, NaN a ValueError in report.py
+        r["timestamps"] = [stamps[i % 4]] * len(r["frame_paths"])
+    manifest = write_jsonl(tmp_path / "m.jsonl", rows)
+    where = ["--manifest", str(manifest), "--data-root", str(demo_data.parent)]
+    sel = tmp_path / "sel.jsonl"
+    selection.main(["select", "--scores", str(scored), "--output", str(sel), "--top", "4", *where])
+    picks = [json.loads(line) for line in sel.read_text().splitlines()]  # NaN there was not JSON
+    assert picks and all(p["first_timestamp"] is None and p["last_frame"] for p in picks)
+    report.main(["--scores", str(scored), "--selection", str(sel), "--output", str(tmp_path / "r.html"),
+                 "--top", "15", *where])
+    assert "no timestamps" in (tmp_path / "r.html").read_text()
