@@ -287,6 +287,9 @@ def decode_jsonl_line(raw, where, what):
         return None, f"{where}: not UTF-8 text (re-save the {what} as UTF-8)"
     except json.JSONDecodeError as e:
         return None, f"{where}: not JSON ({e.msg} at column {e.colno})"
+    except (ValueError, RecursionError) as e:  # a 5,000-digit number, or lists nested 100,000 deep
+        why = "nested too deeply" if isinstance(e, RecursionError) else str(e).split(":")[0]
+        return None, f"{where}: not JSON this reader accepts ({why}); fix or delete the line"
 
 
 def special_file_problem(path):

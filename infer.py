@@ -122,7 +122,7 @@ def parse_row(line):
     """A scores line as a dict, or {} when it is not a JSON object."""
     try:
         row = json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, a 5,000-digit number, nested too deeply
         return {}
     return row if isinstance(row, dict) else {}
 

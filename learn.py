@@ -24,6 +24,7 @@ Embeddings are read in pieces of about selection.chunk_mb, never whole.
 import json
 import math
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -166,13 +167,25 @@ def choose_c(x, y, folds, grid=C_GRID):
 
 # ---- embeddings ----
 
-def column_stats(emb, chunk_rows):
+def check_scored_rows(emb, scores, start, chunk):
+    """Refuse a clip with a score whose embedding row holds NaN or infinity: only a failed clip (no score)
+    has a NaN row, so the two files are not of one make score run (or one was edited)."""
+    ok = np.isfinite(chunk).all(axis=1)
+    bad = np.flatnonzero(~ok & ~np.isnan(scores.score[start:start + len(chunk)]))
+    if len(bad):
+        i = start + int(bad[0])
+        raise cli.UserError(f"{emb.path}: row {i} is not finite but {scores.where(i)} has a score; use the "
+                            f"two files of one make score run")
+    return ok
+
+
+def column_stats(emb, chunk_rows, scores):
     """Mean and standard deviation (float64, (D,)) of the finite rows, in one streamed pass."""
     total, sq, n = np.zeros(emb.dim), np.zeros(emb.dim), 0
-    for _, chunk in emb.chunks(chunk_rows):
+    for chunk_start, chunk in emb.chunks(chunk_rows):
+        ok = check_scored_rows(emb, scores, chunk_start, chunk)
         for start in range(0, len(chunk), STATS_ROWS):  # float64 copies of a few MB, not of the whole chunk
-            part = chunk[start:start + STATS_ROWS]
-            x = part[np.isfinite(part).all(axis=1)].astype(np.float64)
+            x = chunk[start:start + STATS_ROWS][ok[start:start + STATS_ROWS]].astype(np.float64)
             total += x.sum(axis=0)
             sq += np.einsum("ij,ij->j", x, x)
             n += len(x)
@@ -183,12 +196,13 @@ def column_stats(emb, chunk_rows):
     return mean, np.where(std > 1e-12, std, 1.0)
 
 
-def probabilities(emb, probe, chunk_rows):
+def probabilities(emb, probe, chunk_rows, scores):
     """(N,) float64 p_interesting for every row; NaN where the embedding is not finite (a failed clip)."""
     p = np.full(emb.n, np.nan)
     w32 = (probe["weights"] / probe["std"]).astype(np.float32)
     shift = float(probe["bias"] - (probe["mean"] / probe["std"]) @ probe["weights"])
     for start, chunk in emb.chunks(chunk_rows):
+        check_scored_rows(emb, scores, start, chunk)
         z = chunk @ w32 + shift
         p[start:start + len(chunk)] = sigmoid(z.astype(np.float64))
     return p
@@ -216,6 +230,9 @@ def write_probabilities(out, scores, p, labels):
 def read_probabilities(path):
     """A learn OUT file -> {clip_id: (p_interesting (float or None), labelled (0, 1 or None))}."""
     from manifest import read_jsonl
+    if str(path).endswith(".probe.npz"):
+        raise cli.UserError(f"{path}: is the probe's weights; pass the p_interesting JSONL beside it "
+                            f"({str(path)[:-len('.probe.npz')]}), or use it with learn.py apply")
     got, problems = {}, []
     for where, obj in read_jsonl(path, "probe file", " (write one with make learn)"):
         p = obj.get("p_interesting")
@@ -237,12 +254,22 @@ def load_probe(path):
     try:
         with np.load(path, allow_pickle=False) as z:
             probe = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # EOFError: empty; BadZipFile: torn
         raise cli.UserError(f"{path}: not a probe file ({e}); write one with make learn")
     missing = {"mean", "std", "weights", "bias", "encoder_fingerprint"} - set(probe)
     if missing:
         raise cli.UserError(f"{path}: not a probe file (missing {', '.join(sorted(missing))}); write one "
                             f"with make learn")
+    vectors = [probe[k] for k in ("mean", "std", "weights")]
+    if not all(v.ndim == 1 and v.dtype.kind == "f" and len(v) == len(vectors[0]) for v in vectors) \
+            or probe["bias"].shape != () or probe["bias"].dtype.kind != "f" \
+            or probe["encoder_fingerprint"].shape != () or probe["encoder_fingerprint"].dtype.kind != "U":
+        raise cli.UserError(f"{path}: not a probe file (mean, std and weights must be float vectors of one "
+                            f"length, bias a float, encoder_fingerprint text); write one with make learn")
+    if not all(np.isfinite(v).all() for v in vectors) or not np.isfinite(probe["bias"]) \
+            or not (probe["std"] > 0).all():
+        raise cli.UserError(f"{path}: holds NaN, infinity or a std <= 0; not a usable probe (fit it again "
+                            f"with make learn)")
     probe["bias"] = float(probe["bias"])
     probe["encoder_fingerprint"] = str(probe["encoder_fingerprint"])
     return probe
@@ -306,6 +333,7 @@ def run_fit(args, cfg):
     scores = Scores(args.scores)
     emb = Embeddings(scores)
     chunk_rows = emb.chunk_rows(cfg["selection"]["chunk_mb"])
+    mean, std = column_stats(emb, chunk_rows, scores)  # first: it refuses rows that disagree with S
     wanted = {c: lab for c, lab in labels.items() if lab is not None}
     rows, y, found = [], [], set()
     for i, clip in enumerate(scores.ids):
@@ -329,7 +357,6 @@ def run_fit(args, cfg):
                             f"interesting clips of {scores.path}; a probe needs {MIN_PER_CLASS} of each: "
                             f"label {max(0, MIN_PER_CLASS - pos)} more interesting and "
                             f"{max(0, MIN_PER_CLASS - neg)} more not interesting clips")
-    mean, std = column_stats(emb, chunk_rows)
     x = (x_raw.astype(np.float64) - mean) / std
     groups = scores.scene[rows]
     if len(np.unique(groups)) == 1:
@@ -341,7 +368,7 @@ def run_fit(args, cfg):
     fp, dim = fingerprint_of(scores)
     probe = {"mean": mean, "std": std, "weights": w, "bias": b, "C": c, "encoder_fingerprint": fp or "",
              "scores": str(scores.path), "embed_dim": emb.dim}
-    p = probabilities(emb, probe, chunk_rows)
+    p = probabilities(emb, probe, chunk_rows, scores)
     k_values = [k for k in cfg["evaluation"]["k_values"] if k <= len(y)] or [len(y)]
     report, table = honest_report(scores, rows, y, cv_p, emb, chunk_rows, k_values)
     ids = [f"r{i}" for i in range(len(y))]
@@ -352,6 +379,8 @@ def run_fit(args, cfg):
                                               k_values)["average_precision"],
              "novelty": ranking.ranking_metrics(nov, truth, k_values)["average_precision"],
              "positive_rate": pos / len(y)}
+    # a kill between the three writes never leaves new p_interesting beside an old probe or meta
+    cli.remove_earlier_set(out, f"{out}.probe.npz", f"{out}.meta.json")
     write_probabilities(out, scores, p, labels)
     cli.atomic_write(f"{out}.probe.npz", lambda f: np.savez(f, **probe))
     meta = {"scores": str(scores.path), "embeddings": str(emb.path), "encoder_fingerprint": fp,
@@ -386,7 +415,7 @@ def run_apply(args, cfg):
     scores = Scores(args.scores)
     emb = Embeddings(scores)
     check_encoder(probe, args.probe, scores, emb)
-    p = probabilities(emb, probe, emb.chunk_rows(cfg["selection"]["chunk_mb"]))
+    p = probabilities(emb, probe, emb.chunk_rows(cfg["selection"]["chunk_mb"]), scores)
     write_probabilities(out, scores, p, {})
     print(f"p_interesting for {int((~np.isnan(p)).sum())} of {len(p)} clips of {scores.path} -> {out}")
 

@@ -37,7 +37,7 @@ import numpy as np
 import cli
 import ranking
 import scorefile
-from scorefile import is_number as _number, read_meta
+from scorefile import is_number as _number, is_timestamp, read_meta
 from eval import rank_order, read_labels
 from manifest import read_jsonl, read_manifest
 from selection import read_selection
@@ -51,6 +51,7 @@ EPOCH_US = 1e14  # timestamps (µs) past this are dates (nuScenes), smaller ones
 EXPORT_FIELDS = ("clip_id", "scene", "camera", "score", "first_frame", "last_frame", "first_timestamp",
                  "last_timestamp")
 PEAK_RGB = (232, 89, 12)
+MAX_BARS = 200  # bars in a clip's tubelet chart: a longer clip's tubelets are grouped (the page stays small)
 
 
 # ---- reading inputs ----
@@ -200,8 +201,8 @@ def clip_facts(clip, record, tubelet_size):
     """Frames, timestamps and the peak tubelet's frames of a scored clip, plus its export fields."""
     frames = record["frames"] if record else [clip["first_frame"]] if clip.get("first_frame") else []
     stamps = record.get("timestamps") if record else None
-    if not (isinstance(stamps, list) and len(stamps) == len(frames) and all(map(_number, stamps))):
-        stamps = None  # a manifest may carry none, or text; the page then shows no times
+    if not (isinstance(stamps, list) and len(stamps) == len(frames) and all(map(is_timestamp, stamps))):
+        stamps = None  # a manifest may carry none, text or NaN; the page then shows no times
     tubs, n = clip["tubelet_scores"], len(frames)
     size = tubelet_size or max(n // max(len(tubs), 1), 1)  # infer.py drops only a remainder
     peak = peak_tubelet(tubs) if record else None  # without the manifest the frames of a tubelet are unknown
@@ -249,14 +250,19 @@ def svg_bars(values, vmax, width=200, height=50):
     carries a triangle and the word "peak" (for readers who cannot tell the colours apart)."""
     if not values:
         return '<span class="muted">no tubelet scores</span>'
-    bw, peak, top = width / len(values), peak_tubelet(values), 22  # room for the peak label
+    n, peak, top = len(values), peak_tubelet(values), 22  # room for the peak label
+    group = -(-n // MAX_BARS)  # a clip of thousands of tubelets: one bar per group, its highest score
+    shown = [max(values[i:i + group]) for i in range(0, n, group)]
+    bw = width / len(shown)
     bars = []
-    for i, v in enumerate(values):
+    for i, v in enumerate(shown):
         h = max(v, 0) / vmax * (height - 2) if vmax > 0 else 0
+        what = f"tubelet {i}" if group == 1 else f"tubelets {i * group}-{min(n, (i + 1) * group) - 1}, max"
         bars.append(f'<rect x="{i * bw + 1:.1f}" y="{top + height - h:.1f}" width="{max(bw - 2, 1):.1f}" '
-                    f'height="{h:.1f}" class="{"pk" if i == peak else "b"}"><title>tubelet {i}: {v:.4f}'
+                    f'height="{h:.1f}" class="{"pk" if i == peak // group else "b"}"><title>{what}: {v:.4f}'
                     f'</title></rect>')
-    x, y = (peak + 0.5) * bw, top + height - (max(values[peak], 0) / vmax * (height - 2) if vmax > 0 else 0)
+    x = (peak // group + 0.5) * bw
+    y = top + height - (max(values[peak], 0) / vmax * (height - 2) if vmax > 0 else 0)
     anchor = "start" if x < width / 3 else "end" if x > width * 2 / 3 else "middle"
     return (f'<svg width="{width}" height="{top + height + 14}" role="img" aria-label="tubelet scores, peak '
             f't{peak}">{"".join(bars)}<path d="M{x - 4:.1f},{y - 9:.1f}h8l-4,7z" class="pkm"/>'

@@ -51,6 +51,7 @@ def main(argv=None):
     cli.check_output(csv_out, {"--scores": args.scores})
     rows = [obj for _, _, obj in scorefile.lines(args.scores)]
     picked = sample_rows(rows, args.n, args.seed)
+    cli.remove_earlier_set(out, csv_out)  # a kill between the two writes never leaves a new JSONL, old CSV
     cli.atomic_write_text(out, "".join(json.dumps({"clip_id": r["clip_id"], "binary_label": None,
                                                    "source": "random_sample"}) + "\n"
                                        for r in picked))

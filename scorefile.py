@@ -35,6 +35,12 @@ def is_number(x):
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
+def is_timestamp(x):
+    """A manifest timestamp (µs) a page or a selection can use: a number within 10**17 µs (3,000 years) of
+    the epoch; NaN, infinity and a 400-digit integer (hand-edited manifests) are not."""
+    return is_number(x) and -1e17 < x < 1e17
+
+
 # ---- OUT.meta.json ----
 
 def read_meta(scores_path, redo=None):
@@ -45,7 +51,7 @@ def read_meta(scores_path, redo=None):
         meta = json.loads(path.read_text())
     except FileNotFoundError:
         return {}
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         meta = None
     if isinstance(meta, dict):
         return meta
@@ -107,6 +113,8 @@ def clip_dict(obj):
             "tubelet_scores": [float(t) for t in obj.get("tubelet_scores", [])]}
     if obj.get("score") is not None and math.isnan(score):
         clip["error"] = obj.get("error") or f"score is {float(obj['score'])}"
+    elif not all(map(math.isfinite, clip["tubelet_scores"])):  # one Infinity would set every chart's scale
+        clip.update(score=None, tubelet_scores=[], error=obj.get("error") or "a tubelet score is not finite")
     elif obj.get("score") is None:
         clip.setdefault("error", "no score (reason not recorded)")
     return clip
@@ -237,9 +245,9 @@ class Embeddings:
                                  f"writes them beside the scores")
         try:
             mm = np.load(self.path, mmap_mode="r")
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, EOFError) as e:  # EOFError: an empty file
             raise cli.UserError(f"{self.path}: not a readable .npy file ({e}); {scores.redo}")
-        if mm.dtype != np.float32 or mm.ndim != 2 or not mm.flags.c_contiguous:
+        if mm.dtype != np.float32 or mm.ndim != 2 or not mm.flags.c_contiguous or mm.shape[1] < 1:
             raise cli.UserError(f"{self.path}: expected a C-ordered (N, D) float32 array, got {mm.dtype} "
                                  f"{mm.shape}; {scores.redo}")
         (self.n, self.dim), self.offset = mm.shape, mm.offset
@@ -250,7 +258,7 @@ class Embeddings:
         dim = read_meta(scores.path).get("embed_dim")
         if dim is not None and dim != self.dim:
             raise cli.UserError(f"{self.path} holds {self.dim}-d rows but {scores.path}.meta.json says "
-                                 f"embed_dim {dim}; use the two files of one make score run")
+                                 f"embed_dim {dim!r}; use the two files of one make score run")
 
     def _map(self, start, stop):
         offset = self.offset + start * self.dim * 4

@@ -126,7 +126,7 @@ def greedy_select(order, emb, scores, top, max_similarity, per_scene, batch=WALK
     similar pick of that scene. The candidates of a batch are compared with the earlier picks in one product
     and with this batch's picks through the batch's Gram matrix, so no candidate is read twice."""
     picks, folded, by_scene = [], defaultdict(list), defaultdict(list)
-    vecs = np.empty((top, emb.dim))  # the picks' unit vectors
+    vecs = np.empty((min(top, len(order)), emb.dim))  # the picks' unit vectors (TOP=10**20: as many as clips)
     for start in range(0, len(order), batch):
         rows = order[start:start + batch]
         cand = unit_rows(finite_rows(emb, scores, rows, emb.take(rows)))
@@ -189,7 +189,8 @@ def manifest_details(path, root, wanted):
     for line, _, _, obj, clip_id, _ in scan:
         if clip_id in wanted:
             rec = clip_record(obj, line, scan.base, f"{path}:{line}")
-            ts = (rec["timestamps"] if isinstance(rec["timestamps"], list) else None) or [None]
+            ts = rec["timestamps"] if isinstance(rec["timestamps"], list) else None
+            ts = ts if ts and all(map(scorefile.is_timestamp, ts)) else [None]  # NaN, 1e300: no timestamps
             found[clip_id] = (rec["frames"][0], rec["frames"][-1], ts[0], ts[-1])
     if scan.problems:
         raise cli.UserError(f"{scan.problems[0]}; check the manifest with make check")
@@ -247,6 +248,13 @@ def read_probe_rows(path, scores):
     if np.isnan(p).all():
         raise cli.UserError(f"{path}: no p_interesting for any clip of {scores.path}; run make learn "
                             f"on these scores")
+    # make learn writes a p_interesting for every clip with a score: a gap means other (older) scores
+    missing = np.flatnonzero(np.isnan(p) & ~np.isnan(scores.score))
+    if len(missing):
+        raise cli.UserError(f"{path}: no p_interesting for {len(missing)} of the "
+                            f"{int((~np.isnan(scores.score)).sum())} scored clips of {scores.path} (e.g. "
+                            f"{scores.ids[int(missing[0])]!r}), so it was written for other scores; run "
+                            f"learn.py apply --probe {path}.probe.npz --scores {scores.path} (or make learn)")
     return p, labelled
 
 

@@ -265,14 +265,26 @@ def build_or_resume_head(cfg, embed_dim, device, last, resume):
     shuffle_gen = torch.Generator().manual_seed(cfg["seed"])
     if not (resume and last.exists()):
         return TrainState(head, optimizer, shuffle_gen, 1, math.inf)
-    ckpt = jepa.load_checkpoint(last)
+    fix = "restore it from epoch_NNN.pt (cp epoch_NNN.pt last.pt) or start a new --run-dir"
+    try:
+        ckpt = jepa.load_checkpoint(last)
+    except cli.UserError as e:  # torn (a full disk, a copy cut short) or not a checkpoint
+        raise cli.UserError(f"{str(e).split('; ')[0]}; to resume, {fix}")
+    best = ckpt.get("best_metric")
+    if not isinstance(best, float) or math.isnan(best) or ckpt["epoch"] < 1:
+        raise cli.UserError(f"{last}: cannot resume from it (epoch {ckpt['epoch']!r}, best_metric {best!r}: "
+                             f"not as train.py writes them); {fix}")
     try:
         head.load_state_dict(ckpt["model_state"])
         optimizer.load_state_dict(ckpt["optimizer_state"])
         jepa.set_rng_state(ckpt["rng"], shuffle_gen)
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
-        raise cli.UserError(f"{last}: cannot resume from it ({type(e).__name__}); restore it from "
-                             f"epoch_NNN.pt or start a new --run-dir")
+        raise cli.UserError(f"{last}: cannot resume from it ({type(e).__name__}); {fix}")
+    state = [head.state_dict(), *(v for s in optimizer.state.values() for v in s.values())]
+    tensors = [t for item in state for t in (item.values() if isinstance(item, dict) else [item])
+               if isinstance(t, torch.Tensor)]
+    if not all(torch.isfinite(t).all() for t in tensors):  # train.py stops before saving a NaN
+        raise cli.UserError(f"{last}: its weights or optimizer state hold NaN or infinity; {fix}")
     print(f"resuming {last.parent} after epoch {ckpt['epoch']}", flush=True)
     return TrainState(head, optimizer, shuffle_gen, ckpt["epoch"] + 1, ckpt["best_metric"])
 
@@ -308,8 +320,12 @@ def train_epochs(state, cfg, train_set, val_set, run_dir, identity):
         line = json.dumps({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "best": improved,
                            "lr": t["lr"], "time_s": round(time.time() - t_epoch, 3)})
         print(line, flush=True)
-        with open(metrics_path, "a") as f:
-            f.write(line + "\n")
+        try:
+            with open(metrics_path, "a") as f:
+                f.write(line + "\n")
+        except OSError as e:  # a full disk: a torn line is dropped on --resume
+            raise cli.UserError(f"cannot write {metrics_path}: {e.strerror or e}; free space, then continue "
+                                 f"with --resume (finished epochs are kept)")
         save = dict(head=state.head, optimizer=state.optimizer, epoch=epoch, config=cfg, best_metric=best,
                     rng=jepa.rng_state(state.shuffle_gen), **identity)
         if improved:

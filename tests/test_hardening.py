@@ -14,10 +14,17 @@ from PIL import Image
 
 import eval as evaluation
 import cli
+import infer
 import jepa
+import learn
+import report
+import sample_labels
+import selection
 import train
 from conftest import CHUNK, run_script, write_jsonl
 from manifest import check_frames, read_manifest
+from test_learn import fleet
+from test_selection import write_inputs
 
 FIXED = ["--set", "data.num_workers=0"]
 
@@ -414,3 +421,231 @@ def test_kill_between_the_files_of_a_set_leaves_no_mismatched_pair(tmp_path, slu
                         env={"JEPA_TEST_KILL_AT": "atomic_write:sel.csv"})
     assert killed.returncode == -9 and sel.read_text() != "old"
     assert not sel.with_suffix(".csv").exists() and not Path(f"{sel}.meta.json").exists()
+
+
+def test_kill_between_the_files_of_learn_and_sample_for_labels_leaves_no_mismatched_pair(tmp_path):
+    scores, _, y = fleet(folder=tmp_path)
+    labels = write_jsonl(tmp_path / "l.jsonl", [{"clip_id": f"c{i:03d}", "binary_label": int(y[i])}
+                                                for i in range(0, 60, 2)])
+    probe, sample = tmp_path / "p.jsonl", tmp_path / "ls.jsonl"
+    sets = {probe: (probe, Path(f"{probe}.probe.npz"), Path(f"{probe}.meta.json")),
+            sample: (sample, sample.with_suffix(".csv"))}
+    for path in (*sets[probe], *sets[sample]):  # an earlier run's sets
+        path.write_text("old")
+    # learn: killed once the new p_interesting is in place, before its probe replaces the old one
+    killed = run_script("learn.py", "fit", "--scores", scores, "--labels", labels, "--output", probe,
+                        env={"JEPA_TEST_KILL_AT": "atomic_write:p.jsonl.probe.npz"})
+    assert killed.returncode == -9 and probe.read_text() != "old"
+    assert [q.exists() for q in sets[probe][1:]] == [False, False]
+    # sample-for-labels: a new sample beside the old CSV would send reviewers other clips than the template
+    killed = run_script("sample_labels.py", "--scores", scores, "--n", "10", "--output", sample,
+                        env={"JEPA_TEST_KILL_AT": "atomic_write:ls.csv"})
+    assert killed.returncode == -9 and sample.read_text() != "old" and not sample.with_suffix(".csv").exists()
+    run_script("sample_labels.py", "--scores", scores, "--n", "10", "--output", sample, check=True)
+    assert len(sample.with_suffix(".csv").read_text().splitlines()) == 11  # the rerun writes the whole set
+
+
+# ---- 8. hand-edited lines: numbers no float holds, nesting no parser follows, wrong types, huge lines ----
+
+def test_hand_edited_lines_are_one_line_errors_in_every_reader(tmp_path):
+    scores = write_inputs(tmp_path, [(f"c{i}", f"s{i % 3}", i / 10, [1.0, i, 0.0]) for i in range(6)])
+    lines = scores.read_text().splitlines(keepends=True)
+    labels = write_jsonl(tmp_path / "l.jsonl", [{"clip_id": "c0", "binary_label": 1}])
+    readers = {
+        "select": lambda: selection.main(["select", "--scores", str(scores), "--output",
+                                          str(tmp_path / "s")]),
+        "sample": lambda: sample_labels.main(["--scores", str(scores), "--output",
+                                              str(tmp_path / "ls.jsonl")]),
+        "learn": lambda: learn.main(["fit", "--scores", str(scores), "--labels", str(labels), "--output",
+                                     str(tmp_path / "p.jsonl")]),
+        "report": lambda: report.read_scores(scores)}
+    for bad in ('{"clip_id": "c2", "score": 9' + "9" * 400 + "}\n",  # no float holds it
+                '{"clip_id": "c2", "score": 9' + "9" * 5000 + "}\n",  # Python refuses to parse it
+                "[" * 100000 + "\n",  # RecursionError in json
+                lines[2].replace('"scene": "s2"', '"scene": ["s2"]')):
+        scores.write_text("".join(lines[:2] + [bad] + lines[3:]))
+        for name, read in readers.items():
+            if name in ("select", "learn") and '["s2"]' in bad:
+                continue  # select and learn only group by scene: any JSON value is a name there
+            with pytest.raises(cli.UserError, match=rf"^{scores}:3: "):
+                read()
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(("s", "ls", "p")) and p != scores
+                and not p.name.startswith("scores")]
+    proc = run_script("sample_labels.py", "--scores", scores, "--output", tmp_path / "ls.jsonl")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    labels.write_text('{"clip_id": "c0", "binary_label": 1}\n' + "[" * 100000 + "\n")
+    with pytest.raises(cli.UserError, match=rf"^{labels}:2: not JSON this reader accepts \(nested too deep"):
+        evaluation.read_labels(labels)
+    assert infer.parse_row(b'{"clip_id": "c0", "score": 9' + b"9" * 5000 + b"}\n") == {}  # merge: torn line
+    picks = write_jsonl(tmp_path / "sel.jsonl", [{"rank": 1, "clip_id": "c0", "score": 0.5,
+                                                  "near_duplicates": 5}])
+    with pytest.raises(cli.UserError, match=rf"^{picks}:1: near_duplicates must be a list"):
+        evaluation.selected_clip_ids(picks)
+    # the review page: one Infinity tubelet used to set every chart's scale (NaN bars), and a line of 100,000
+    # tubelets drew 100,000 bars per chart (a 2M-tubelet line gave a 420 MB page)
+    rows = [json.loads(line) for line in lines]
+    rows[1]["tubelet_scores"], rows[2]["tubelet_scores"] = [0.1, float("inf")], [0.2] * 100000
+    rows[2]["tubelet_scores"][76543] = 0.9
+    page = tmp_path / "r.html"
+    report.main(["--scores", str(write_jsonl(scores, rows)), "--output", str(page)])
+    text = page.read_text()
+    assert '="nan"' not in text and len(text) < 400_000
+    assert "peak t76543" in text and "a tubelet score is not finite" in text
+
+
+# ---- 9. crafted embeddings files: empty, or a NaN/inf row under a clip that has a score ----
+
+def test_crafted_embeddings_are_one_line_errors_before_anything_is_written(tmp_path):
+    scores, _, y = fleet(folder=tmp_path)
+    labels = write_jsonl(tmp_path / "l.jsonl", [{"clip_id": f"c{i:03d}", "binary_label": int(y[i])}
+                                                for i in range(0, 60, 2)])
+    out = tmp_path / "p.jsonl"
+    learn.main(["fit", "--scores", str(scores), "--labels", str(labels), "--output", str(out)])
+    emb_path = Path(f"{scores}.emb.npy")
+    good = np.load(emb_path)
+    fit = ["fit", "--scores", str(scores), "--labels", str(labels), "--output", str(tmp_path / "q.jsonl")]
+    apply = ["apply", "--probe", f"{out}.probe.npz", "--scores", str(scores), "--output", str(tmp_path / "a")]
+    emb_path.write_bytes(b"")  # was an EOFError traceback
+    for argv in (fit, apply):
+        with pytest.raises(cli.UserError, match=rf"^{emb_path}: not a readable .npy file .*score the clips"):
+            learn.main(argv)
+    np.save(emb_path, np.zeros((60, 0), np.float32))  # 0-d rows: a ZeroDivisionError traceback
+    meta = Path(f"{scores}.meta.json")
+    kept = meta.read_text()
+    meta.unlink()  # without the embed_dim to compare with
+    similar = ["similar", "--scores", str(scores), "--clip", "c001", "--output", str(tmp_path / "a")]
+    for argv in (fit, similar):
+        with pytest.raises(cli.UserError, match=rf"^{emb_path}: expected a C-ordered \(N, D\) float32 "
+                                                 rf"array, got float32 \(60, 0\)"):
+            (learn if argv is fit else selection).main(argv)
+    meta.write_text(kept)
+    # an inf in an unlabelled scored clip's row used to give p_interesting null with exit 0
+    for row, argv in ((1, fit), (2, apply)):
+        bad = good.copy()
+        bad[row, 0] = np.inf
+        np.save(emb_path, bad)
+        with pytest.raises(cli.UserError, match=rf"^{emb_path}: row {row} is not finite but "
+                                                 rf"{scores}:{row + 1} has a score; use the two files"):
+            learn.main(argv)
+    assert not (tmp_path / "q.jsonl").exists() and not (tmp_path / "a").exists()
+
+
+# ---- 10. crafted probe files: damaged weights, a p_interesting file of other scores, the wrong file ----
+
+def test_crafted_probe_files_are_one_line_errors(tmp_path):
+    scores, _, y = fleet(folder=tmp_path)
+    labels = write_jsonl(tmp_path / "l.jsonl", [{"clip_id": f"c{i:03d}", "binary_label": int(y[i])}
+                                                for i in range(0, 60, 2)])
+    out = tmp_path / "p.jsonl"
+    learn.main(["fit", "--scores", str(scores), "--labels", str(labels), "--output", str(out)])
+    npz = Path(f"{out}.probe.npz")
+    good = dict(np.load(npz))
+    apply = ["apply", "--probe", str(npz), "--scores", str(scores), "--output", str(tmp_path / "a.jsonl")]
+    for edit, words in ((lambda z: z["weights"].__setitem__(0, np.nan), "holds NaN, infinity or a std <= 0"),
+                        (lambda z: z["std"].fill(0), "holds NaN, infinity or a std <= 0"),
+                        (lambda z: z.update(mean=z["mean"][:3]), "float vectors of one length"),
+                        (lambda z: z.update(bias=np.zeros(2)), "bias a float")):
+        probe = {k: v.copy() for k, v in good.items()}
+        edit(probe)  # NaN weights and std 0 used to write p_interesting null (or inf) for every clip, exit 0
+        np.savez(npz, **probe)
+        with pytest.raises(cli.UserError, match=rf"^{npz}: .*{words}"):
+            learn.main(apply)
+    npz.write_bytes(npz.read_bytes()[:300])  # torn: a zipfile.BadZipFile traceback before
+    with pytest.raises(cli.UserError, match=rf"^{npz}: not a probe file \(File is not a zip file\)"):
+        learn.main(apply)
+    assert not (tmp_path / "a.jsonl").exists()
+
+    select = ["select", "--scores", str(scores), "--output", str(tmp_path / "sel.jsonl"), "--rank-by",
+              "probe"]
+    with pytest.raises(cli.UserError, match=rf"^{npz}: is the probe's weights; pass the p_interesting JSONL"):
+        selection.main([*select, "--probe", str(npz)])  # was 20 lines of "not UTF-8 text"
+    out.write_text("".join(out.read_text().splitlines(keepends=True)[:5]))  # a probe of other, fewer scores
+    with pytest.raises(cli.UserError, match=rf"^{out}: no p_interesting for 55 of the 60 scored clips "
+                                             rf"of {scores} \(e.g. 'c005'\), so it was written for other"):
+        selection.main([*select, "--probe", str(out)])  # picked 2 clips, saying the other 55 were folded
+    assert not (tmp_path / "sel.jsonl").exists()
+
+
+# ---- 11. a damaged last.pt on --resume: one line with the fix, nothing trained from it ----
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda path: path.write_bytes(path.read_bytes()[:2000]), r"not a jepa-clips checkpoint .*; to resume, "),
+    (lambda path: torch.save(dict(torch.load(path, weights_only=True), best_metric=float("nan")), path),
+     r"cannot resume from it \(epoch 4, best_metric nan"),
+    (lambda path: torch.save(dict(torch.load(path), model_state={
+        k: torch.full_like(v, float("nan")) for k, v in torch.load(path)["model_state"].items()}), path),
+     r"its weights or optimizer state hold NaN or infinity; "),
+])
+def test_damaged_resume_checkpoint_is_one_line_and_the_run_is_untouched(tmp_path, reference, tiny_encoder,
+                                                                        demo_data, damage, words):
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    damage(run / "last.pt")
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.suffix in (".pt", ".jsonl")}
+    # a NaN best_metric used to train on and never write best.pt again; NaN weights stopped at the first
+    # batch saying "the last good checkpoint last.pt is intact"
+    with pytest.raises(cli.UserError, match=rf"^{run / 'last.pt'}: {words}.*restore it from epoch_NNN.pt"):
+        train.main(["--run-dir", str(run), "--resume", "--encoder", str(tiny_encoder), "--epochs", "6",
+                    *FIXED])
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.suffix in (".pt", ".jsonl")} == before
+
+
+# ---- 12. a full disk mid-write: one line naming the file, the earlier output intact, no temp file ----
+
+def test_full_disk_mid_write_is_one_line_and_keeps_what_was_there(tmp_path, reference, tiny_encoder,
+                                                                   monkeypatch):
+    real_open = open
+
+    def full_disk_for(name, modes):
+        def fake_open(path, mode="r", *args, **kwargs):
+            f = real_open(path, mode, *args, **kwargs)
+            if name in str(path) and mode in modes:
+                f.close()
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return f
+        monkeypatch.setattr("builtins.open", fake_open)
+
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    last = (run / "last.pt").read_bytes()
+    full_disk_for("metrics.jsonl", ("a",))  # the per-epoch append was a traceback
+    with pytest.raises(cli.UserError, match=rf"^cannot write {run / 'metrics.jsonl'}: No space left on "
+                                             rf"device; free space, then continue with --resume"):
+        train.main(["--run-dir", str(run), "--resume", "--encoder", str(tiny_encoder), "--epochs", "5",
+                    *FIXED])
+    assert (run / "last.pt").read_bytes() == last
+    scores = write_inputs(tmp_path, [(f"c{i}", "s", i / 10, [1.0, i, 0.0]) for i in range(4)])
+    similar = tmp_path / "similar.jsonl"
+    similar.write_text("earlier\n")
+    full_disk_for("similar.jsonl", ("wb",))
+    with pytest.raises(cli.UserError, match=rf"^cannot write {similar}: No space left on device; free space"):
+        selection.main(["similar", "--scores", str(scores), "--clip", "c1", "--output", str(similar)])
+    assert similar.read_text() == "earlier\n" and not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
+
+
+# ---- 13. absurd sizes on the command line: TOP=10**20 is "all of them", not an allocation ----
+
+def test_a_huge_top_picks_what_there_is(tmp_path):
+    scores = write_inputs(tmp_path, [(f"c{i}", f"s{i}", i / 10, [1.0, i, 0.0]) for i in range(6)])
+    out = tmp_path / "sel.jsonl"  # np.empty((TOP, D)) was a "Maximum allowed dimension exceeded" traceback
+    selection.main(["select", "--scores", str(scores), "--output", str(out), "--top", str(10 ** 20), "--set",
+                    "selection.max_similarity=1"])
+    assert len(out.read_text().splitlines()) == 6
+
+
+# ---- 14. crafted manifest timestamps: NaN, infinity, 400-digit integers ----
+
+def test_crafted_timestamps_are_no_times_not_a_traceback(tmp_path, scored, demo_data):
+    rows = [json.loads(line) for line in demo_data.read_text().splitlines()]
+    stamps = [int("9" * 400), float("nan"), float("inf"), 1e300]
+    for i, r in enumerate(rows):  # a 400-digit stamp was an OverflowError, NaN a ValueError in report.py
+        r["timestamps"] = [stamps[i % 4]] * len(r["frame_paths"])
+    manifest = write_jsonl(tmp_path / "m.jsonl", rows)
+    where = ["--manifest", str(manifest), "--data-root", str(demo_data.parent)]
+    sel = tmp_path / "sel.jsonl"
+    selection.main(["select", "--scores", str(scored), "--output", str(sel), "--top", "4", *where])
+    picks = [json.loads(line) for line in sel.read_text().splitlines()]  # NaN there was not JSON
+    assert picks and all(p["first_timestamp"] is None and p["last_frame"] for p in picks)
+    report.main(["--scores", str(scored), "--selection", str(sel), "--output", str(tmp_path / "r.html"),
+                 "--top", "15", *where])
+    assert "no timestamps" in (tmp_path / "r.html").read_text()
