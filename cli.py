@@ -223,14 +223,15 @@ def _set_layer(item):
     return f"--set {key}", key.strip(), value
 
 
-def load_config(path=None, sets=(), base=None, **named):
-    """Resolved config dict: config.yaml defaults <- `base` (a run's or checkpoint's config) <- --config file
-    <- named flags <- --set section.key=value. Unknown keys and wrong types raise UserError listing the valid
-    keys; keys of `base` that this version no longer has are ignored (an older run still loads)."""
+def load_config(path=None, sets=(), base=None, base_name="saved config", **named):
+    """Resolved config dict: config.yaml defaults <- `base` (a run's or checkpoint's config; errors in it
+    name `base_name`) <- --config file <- named flags <- --set section.key=value. Unknown keys and wrong
+    types raise UserError listing the valid keys; keys of `base` that this version no longer has are ignored
+    (an older run still loads)."""
     defaults = yaml.safe_load(CONFIG_PATH.read_text())
     flat_defaults = _flatten(defaults)
     cfg = json.loads(json.dumps(defaults))  # deep copy
-    layers = [("saved config", k, v) for k, v in _flatten(base or {}).items() if k in flat_defaults]
+    layers = [(base_name, k, v) for k, v in _flatten(base or {}).items() if k in flat_defaults]
     if path and Path(path).resolve() != CONFIG_PATH.resolve():
         layers += [(str(path), k, v) for k, v in _flatten(_yaml_file(path)).items()]
     layers += [(f"--{flag.replace('_', '-')}", CONFIG_FLAGS[flag][0], v) for flag, v in named.items()

@@ -672,11 +672,8 @@ def load_for_scoring(checkpoint, device="auto", sets=(), **named):
     overridden (masks must match training), resolved once, and the encoder checked against the one the head
     was trained on."""
     ckpt = load_checkpoint(checkpoint)
-    try:
-        cli.load_config(base=ckpt["config"])
-    except cli.UserError as e:  # a hand-edited config inside the file
-        raise cli.UserError(f"{checkpoint}: {e}; not a usable jepa-clips checkpoint")
-    cfg = cli.load_config(None, sets, base=ckpt["config"], **named)
+    cfg = cli.load_config(None, sets, base=ckpt["config"], base_name=f"{checkpoint}: its saved config",
+                          **named)  # a hand-edited config inside the file is named as the file
     cli.refuse_changes(ckpt["config"], cfg, "scoring", f"the training config of {checkpoint}",
                    "masks and features must match training, so only "
                    f"{', '.join(cli.MAY_CHANGE['scoring'])}* may differ")
