@@ -61,18 +61,14 @@ def random_ap(n, pos):
     return np.where(pos > 0, ap, np.nan)
 
 
-def random_baseline(labels, k_values, scored):
+def random_baseline(labels, k_values):
     """Exact expected ranking_metrics of a uniformly random ranking of the same clips.
 
-    `scored`: the scores dict (or the scored clip ids); an int (the number of scored clips) means every
-    labelled clip was scored. A random order of all scored clips puts the labelled ones in a random order,
-    so only n (labelled and scored) and the positive count matter. Expected AP is exact, not the positive
-    rate it tends to for large n: (H_n + (n - H_n)(pos - 1)/(n - 1)) / n with H_n the n-th harmonic number."""
-    if isinstance(scored, int):
-        rel = [v for v in labels.values() if v is not None]
-    else:
-        ids = [c for c in scored if not isinstance(scored, dict) or scored[c] is not None]
-        rel = [labels[c] for c in ids if labels.get(c) is not None]
+    `labels`: {clip_id: 0 | 1 | None} of the scored clips (None: unlabelled, left out). A random order of all
+    scored clips puts the labelled ones in a random order, so only n (labelled) and the positive count
+    matter. Expected AP is exact, not the positive rate it tends to for large n:
+    (H_n + (n - H_n)(pos - 1)/(n - 1)) / n with H_n the n-th harmonic number."""
+    rel = [v for v in labels.values() if v is not None]
     n, pos = len(rel), sum(rel)
     rate = pos / n if n else None
     h_n = sum(1 / i for i in range(1, n + 1))
@@ -216,7 +212,7 @@ def compare(method_scores, labels, k_values, scenes=None, reference="trained", s
     result, prepared = {}, {}
     for name, s in method_scores.items():
         if s is None:
-            block = random_baseline(label_of, k_values, n)
+            block = random_baseline(label_of, k_values)
             block["auroc"] = 0.5 if pos and pos < n else None
             prepared[name] = None
         else:

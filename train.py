@@ -58,6 +58,11 @@ class Splits(NamedTuple):
     val: list    # manifest records the best checkpoint is chosen by
 
 
+class FeatureFolders(NamedTuple):
+    own: Path            # this run's features/, where new chunks are written
+    source: Path | None  # read-only features of another run (--features), or None
+
+
 def resolve_config(args, run_dir):
     """The run's config: fresh from flags, or on --resume the saved one with only harmless changes allowed."""
     saved = run_dir / "config.yaml"
@@ -163,21 +168,21 @@ def features_fingerprint(encoder, clips, cfg):
 
 
 def feature_folders(args, run_dir):
-    """(own features folder, read-only source folder or None). --features is remembered in the run folder, so
-    a --resume without it does not re-encode."""
+    """FeatureFolders of the run. --features is remembered in the run folder, so a --resume without it does
+    not re-encode."""
     link = run_dir / "features_from.txt"
     source = args.features or (link.read_text() if link.exists() else None)
     if not source:
-        return run_dir / "features", None
+        return FeatureFolders(run_dir / "features", None)
     source = Path(source) / "features" if (Path(source) / "features").is_dir() else Path(source)
     source = source.resolve()
     if source == (run_dir / "features").resolve():
-        return run_dir / "features", None
+        return FeatureFolders(run_dir / "features", None)
     if not (source / "fingerprint.json").is_file():
         raise cli.UserError(f"--features {args.features or source}: not a run folder with encoded features "
                              f"(no features/fingerprint.json)")
     cli.atomic_write_text(link, str(source))
-    return run_dir / "features", source
+    return FeatureFolders(run_dir / "features", source)
 
 
 def read_fingerprint(feat_dir):
@@ -206,7 +211,7 @@ def load_or_encode_features(encoder, clips, cfg, folders, fingerprint, workers):
     """{clip_id: TubeletFeatures} for `clips`: read from the feature chunks of this run (and the read-only
     --features source), encoding only the clips no chunk holds into this run's folder, encode_chunk_clips
     clips per chunk. Encoder batches never straddle chunks, so a resumed encoding is bit-identical."""
-    own, source = folders
+    own, source = folders.own, folders.source
     for folder in filter(None, (source, own if (own / "fingerprint.json").exists() else None)):
         if read_fingerprint(folder) != fingerprint:
             raise cli.UserError(f"{folder}: features were encoded with another encoder, manifest or "
