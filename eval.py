@@ -181,19 +181,17 @@ def score_with_untrained(scorer, records, head):
 
 
 def training_clip_embeddings(checkpoint_path, ckpt, cfg, scratch):
-    """(array (n_train, D), None) of the training clips' clip embeddings, memory-mapped so 1M clips need not
-    fit in memory: the run folder's train_clip_emb.npy (train.py writes it), or for runs from before it,
-    derived from the features/ cache into a file under `scratch`; (None, reason) when neither can give
-    them."""
+    """(scorefile.NpyRows (n_train, D), None) of the training clips' clip embeddings, read a slice at a time
+    so 1M clips need not fit in memory: the run folder's train_clip_emb.npy (train.py writes it), or for runs
+    from before it, derived from the features/ cache into a file under `scratch`; (None, reason) when
+    neither can give them."""
     run_dir = Path(checkpoint_path).parent
-    saved = run_dir / "train_clip_emb.npy"
     try:
         tag = json.loads((run_dir / "train_clip_emb.json").read_text())
-        emb = np.load(saved, mmap_mode="r")
-        if tag["features_fingerprint"] == ckpt.get("features_fingerprint") and emb.shape[0] == tag["rows"] \
-                and emb.ndim == 2 and emb.dtype == np.float32:
+        emb = scorefile.NpyRows(run_dir / "train_clip_emb.npy")
+        if tag["features_fingerprint"] == ckpt.get("features_fingerprint") and len(emb) == tag["rows"]:
             return emb, None
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, EOFError):
         pass  # missing, torn or from other features: derive them from features/ instead
     return derived_clip_embeddings(run_dir, cfg, Path(scratch) / "train_clip_emb.npy")
 
@@ -218,8 +216,8 @@ def training_clip_ids(run_dir, cfg):
 
 
 def derived_clip_embeddings(run_dir, cfg, out):
-    """The training clips' mean clean tubelet embeddings from the run's features/ cache, written row by row
-    to the .npy `out` (one chunk in memory at a time) and returned memory-mapped, or (None, reason)."""
+    """The training clips' mean clean tubelet embeddings from the run's features/ cache, appended row by row
+    to the .npy `out` (one chunk in memory at a time) and returned as NpyRows, or (None, reason)."""
     import torch  # lazily, as everywhere in this file
     link = run_dir / "features_from.txt"
     folders = [run_dir / "features"]
@@ -234,22 +232,24 @@ def derived_clip_embeddings(run_dir, cfg, out):
         train_ids = training_clip_ids(run_dir, cfg)
     except ValueError as e:
         return None, str(e)
-    emb, seen = None, set()
-    for chunk in chunks:
-        try:
-            data = torch.load(chunk, map_location="cpu", weights_only=True)
-            for clip_id, clean in zip(data["clip_ids"], data["clean"].split(data["counts"])):
-                if clip_id in train_ids and clip_id not in seen:
-                    if emb is None:
-                        shape = (len(train_ids), clean.shape[1])
-                        emb = np.lib.format.open_memmap(out, "w+", np.float32, shape)
-                    emb[len(seen)] = clean.float().mean(dim=0).numpy()
-                    seen.add(clip_id)
-        except Exception as e:  # torn or foreign chunk: the baseline is unavailable, eval goes on
-            return None, f"{chunk}: unreadable feature chunk ({type(e).__name__})"
-    if not seen:
-        return None, f"the features/ cache of {run_dir} holds none of its training clips"
-    return emb[:len(seen)], None
+    seen, dim = set(), None
+    with open(out, "wb") as f:
+        for chunk in chunks:
+            try:
+                data = torch.load(chunk, map_location="cpu", weights_only=True)
+                for clip_id, clean in zip(data["clip_ids"], data["clean"].split(data["counts"])):
+                    if clip_id in train_ids and clip_id not in seen:
+                        if dim is None:  # a header for every training clip; rows not found stay zero
+                            dim = clean.shape[1]
+                            f.write(scorefile.emb_header(len(train_ids), dim))
+                        f.write(clean.float().mean(dim=0).numpy().astype(np.float32).tobytes())
+                        seen.add(clip_id)
+            except Exception as e:  # torn or foreign chunk: the baseline is unavailable, eval goes on
+                return None, f"{chunk}: unreadable feature chunk ({type(e).__name__})"
+        if not seen:
+            return None, f"the features/ cache of {run_dir} holds none of its training clips"
+        f.truncate(f.tell() + (len(train_ids) - len(seen)) * dim * 4)
+    return scorefile.NpyRows(out, n=len(seen)), None
 
 
 def main(argv=None):

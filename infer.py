@@ -18,7 +18,6 @@ The manifest is validated whole but kept as byte offsets (a 1M-clip manifest cos
 only its own clips. --shard auto reads the shard from a Slurm job array or a Kubernetes Indexed Job.
 """
 import argparse
-import io
 import json
 import os
 import sys
@@ -30,6 +29,7 @@ from tqdm import tqdm
 
 import cli
 import scorefile
+from scorefile import emb_header
 from manifest import id_hash, scan_manifest
 
 IDENTITY = ("checkpoint_sha256", "manifest_fingerprint", "frames_base", "encoder_fingerprint", "shard",
@@ -85,14 +85,6 @@ def shard_from_environment(env):
 
 
 # ---- the output: scores lines and embedding rows, kept aligned ----
-
-def emb_header(rows, dim):
-    """The .npy header of a float32 (rows, dim) array: always 128 bytes, since numpy pads it so that axis 0
-    can grow in place; rewriting it after appending rows keeps the file a valid .npy."""
-    buf = io.BytesIO()
-    np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": (rows, dim)})
-    return buf.getvalue()
-
 
 HEADER_BYTES = len(emb_header(0, 1))
 

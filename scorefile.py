@@ -10,6 +10,7 @@ The rules, the same for every reader: every line is a complete JSON object (no b
 with a string clip_id, seen once; score a number or null, tubelet_scores a list of numbers, first_frame a path
 and scene and camera text when present. A null or non-finite (NaN/inf) score is a failed clip. The first line
 that breaks a rule is a one-line UserError naming `file:line`."""
+import io
 import json
 import math
 import os
@@ -232,6 +233,43 @@ class ClipIds:
 
 
 # ---- OUT.emb.npy ----
+
+def emb_header(rows, dim):
+    """The .npy header of a float32 (rows, dim) array: always 128 bytes, since numpy pads it so that axis 0
+    can grow in place; rewriting it after appending rows keeps the file a valid .npy."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": (rows, dim)})
+    return buf.getvalue()
+
+
+class NpyRows:
+    """A C-ordered (N, D) float32 .npy as a sliceable array whose slices are read on demand: each is mapped,
+    copied and unmapped, so a pass over 1M rows never holds the file's pages in RSS (a map kept open would).
+    len(), .shape and [start:stop] -> (rows, D) float32; `n` limits it to the first n rows. ValueError when
+    the file is not such an array."""
+
+    def __init__(self, path, n=None):
+        mm = np.load(path, mmap_mode="r")
+        if mm.dtype != np.float32 or mm.ndim != 2 or not mm.flags.c_contiguous:
+            raise ValueError(f"{path}: expected a C-ordered (N, D) float32 array, got {mm.dtype} {mm.shape}")
+        self.path, self.offset, (rows, self.dim) = Path(path), mm.offset, mm.shape
+        self.n = rows if n is None else min(n, rows)
+        self.shape = (self.n, self.dim)
+        del mm
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, part):
+        start, stop, step = part.indices(self.n)
+        if step != 1 or stop <= start:
+            return np.empty((0, self.dim), np.float32) if stop <= start else self[start:stop][::step]
+        offset = self.offset + start * self.dim * 4
+        mm = np.memmap(self.path, np.float32, "r", offset, (stop - start, self.dim))
+        rows = np.array(mm)
+        del mm
+        return rows
+
 
 class Embeddings:
     """S.emb.npy, read in bounded pieces, never whole: np.load(mmap_mode="r") checks its header, full passes

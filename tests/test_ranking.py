@@ -206,13 +206,14 @@ def test_training_clip_embeddings_saved_by_train_equal_those_derived_from_featur
     ckpt = jepa.load_checkpoint(reference / "best.pt")
     cfg = yaml.safe_load((reference / "config.yaml").read_text())
     saved, why = evaluation.training_clip_embeddings(reference / "best.pt", ckpt, cfg, tmp_path)
-    assert why is None and isinstance(saved, np.memmap) and not (tmp_path / "train_clip_emb.npy").exists()
+    assert why is None and not (tmp_path / "train_clip_emb.npy").exists()  # the run folder's own file
     # a file from other features (its fingerprint differs) is not trusted: derived from features/ instead
     derived, why = evaluation.training_clip_embeddings(reference / "best.pt", {**ckpt, "features_fingerprint":
                                                                              "other"}, cfg, tmp_path)
     assert why is None and (tmp_path / "train_clip_emb.npy").is_file() and derived.shape == saved.shape
-    assert saved.shape[0] >= 10 and saved.dtype == np.float32  # 12 of the 15 demo clips train
+    assert saved.shape[0] >= 10 and saved[0:2].dtype == np.float32  # 12 of the 15 demo clips train
 
     def by_rows(a):
-        return np.asarray(a)[np.lexsort(np.asarray(a).T)]
+        a = a[0:len(a)]  # NpyRows: read on demand, a slice at a time
+        return a[np.lexsort(a.T)]
     np.testing.assert_allclose(by_rows(saved), by_rows(derived), rtol=0, atol=1e-6)

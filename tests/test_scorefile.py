@@ -56,3 +56,17 @@ def test_a_nan_score_is_a_failed_clip_for_every_reader(tmp_path):
     sample_labels.main(["--scores", str(path), "--output", str(tmp_path / "t.jsonl")])
     assert [json.loads(x)["clip_id"] for x in open(tmp_path / "t.jsonl")] == ["b"]
     assert scorefile.read_meta(path) == {"embed_dim": 2}
+
+
+def test_npy_rows_reads_slices_and_stops_at_n(tmp_path):
+    from scorefile import NpyRows
+    data = np.arange(40, dtype=np.float32).reshape(10, 4)
+    np.save(tmp_path / "a.npy", data)
+    rows = NpyRows(tmp_path / "a.npy", n=7)
+    assert len(rows) == 7 and rows.shape == (7, 4)
+    np.testing.assert_array_equal(rows[2:5], data[2:5])
+    np.testing.assert_array_equal(rows[5:100], data[5:7])  # clipped at n, as a numpy slice is at its length
+    assert rows[6:3].shape == (0, 4)
+    np.save(tmp_path / "b.npy", data.astype(np.float64))
+    with pytest.raises(ValueError, match="float32"):
+        NpyRows(tmp_path / "b.npy")
