@@ -412,7 +412,8 @@ def test_kill_between_the_files_of_a_set_leaves_no_mismatched_pair(tmp_path, slu
                         env={"JEPA_TEST_KILL_AT": f"atomic_write:{merged.name}"})
     assert killed.returncode == -9
     assert not merged.exists() and not Path(f"{merged}.meta.json").exists()
-    run_script("infer.py", "--merge", *slurm_shards[0], "--manifest", demo_data, "--output", merged, check=True)
+    run_script("infer.py", "--merge", *slurm_shards[0], "--manifest", demo_data, "--output", merged,
+               check=True)
     assert merged.read_bytes() == scored.read_bytes()  # the rerun writes the whole set
     sel = tmp_path / "sel.jsonl"
     for path in (sel, sel.with_suffix(".csv"), Path(f"{sel}.meta.json")):

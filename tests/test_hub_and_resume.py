@@ -69,7 +69,8 @@ def test_resume_reads_the_runs_own_manifest_and_refuses_a_changed_one(tmp_path, 
 
 def test_checkpoint_finds_its_local_encoder_from_another_folder(tmp_path, reference, tiny_encoder, demo_data):
     """Issue 23 point 5: a head trained with a relative encoder folder still scores when infer.py runs
-    elsewhere (the checkpoint's resolved absolute path is tried); a missing folder gets local-folder advice."""
+    elsewhere (the checkpoint's resolved absolute path is tried); a missing folder gets local-folder
+    advice."""
     import subprocess
     import sys
     import torch

@@ -473,7 +473,8 @@ def test_frames_dir_over_several_datasets_warns_and_several_roots_make_one_manif
     assert "3 levels down and is not read" in proc.stdout
     assert "pass each one as its own root" in proc.stdout
     proc = run_script("manifest.py", "frames", "--frames-dir", tmp_path / "all" / "drives",
-                      tmp_path / "all" / "nusc", "--frames", 2, "--stride", 2, "--output", tmp_path / "m.jsonl")
+                      tmp_path / "all" / "nusc", "--frames", 2, "--stride", 2, "--output",
+                      tmp_path / "m.jsonl")
     assert proc.returncode == 0 and "warning" not in proc.stdout, proc.stdout + proc.stderr
     rows = [json.loads(x) for x in (tmp_path / "m.jsonl").read_text().splitlines()]
     assert sorted({(r["scene_id"], r["camera"]) for r in rows}) == [

@@ -49,7 +49,8 @@ def test_every_reader_refuses_a_damaged_file_alike(tmp_path, text, message):
 
 
 def test_a_nan_score_is_a_failed_clip_for_every_reader(tmp_path):
-    path = scores_file(tmp_path / "s.jsonl", '{"clip_id": "a", "score": NaN}\n{"clip_id": "b", "score": 0.5}\n')
+    path = scores_file(tmp_path / "s.jsonl",
+                       '{"clip_id": "a", "score": NaN}\n{"clip_id": "b", "score": 0.5}\n')
     assert math.isnan(selection.Scores(path).score[0]) and selection.Scores(path).score[1] == 0.5
     clips = report.read_scores(path)
     assert clips[0]["score"] is None and clips[0]["error"] == "score is nan" and clips[1]["score"] == 0.5

@@ -248,8 +248,8 @@ def test_similar_refuses_an_unknown_clip_in_one_line(tmp_path):
 def test_top_and_k_are_typed_config_flags(tmp_path):
     scores = write_inputs(tmp_path, [("a", "s", 0.5, [1.0, 0.0])])
     for argv, message in ((["select", "--top", "0"], "config key selection.top = 0 must be >= 1"),
-                          (["similar", "--clip", "a", "--k", "0"], "config key selection.similar_k = 0 must be "
-                                                                   ">= 1")):
+                          (["similar", "--clip", "a", "--k", "0"],
+                           "config key selection.similar_k = 0 must be >= 1")):
         with pytest.raises(cli.UserError, match=re.escape(message)):
             selection.main([argv[0], "--scores", str(scores), *argv[1:]])
     with pytest.raises(SystemExit):  # argparse refuses a --top that is not an int, before any work
