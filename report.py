@@ -331,9 +331,11 @@ class Page:
         return f"percentile {pct:.0f}: above {below} of the other {n - 1} scored clips"
 
     def low_note(self, pick):
-        """Why a pick below the middle of the ranking (or below the top list) is in the selection, or ""."""
+        """Why a pick below the middle of the ranking (or below the top list) is in the selection, or "". Only
+        when clips above it were passed over (its raw rank is below its pick rank): a batch larger than the
+        top list whose picks are simply the next ranks needs no excuse."""
         rank, clip = self.ranks.get(pick["clip_id"]), self.by_id.get(pick["clip_id"])
-        if rank is None:
+        if rank is None or rank <= pick["rank"]:
             return ""
         n, below = len(self.sorted_scores), bisect.bisect_left(self.sorted_scores, clip["score"])
         if not (rank > len(self.top) or (n > 1 and below / (n - 1) < 0.5)):

@@ -32,6 +32,9 @@ def test_demo_finds_novel_clips_and_the_loop_finds_the_interesting_kind(tmp_path
     top, bottom = re.split(r"<h2>Bottom", html, maxsplit=1)
     novel = set(found["planted"]) | set(found["glare"])
     assert all(c in novel for c in found["order"][:6])  # the report's top 6 are novel clips
+    for pick, card in re.findall(r'<article class="clip[^"]*" id="p(\d+)">(.*?)</article>', html, re.S):
+        low = re.search(r"low novelty \(raw rank #(\d+)", card)  # said only when clips above were passed over
+        assert low is None or int(low.group(1)) > int(pick), (pick, low.group(0))
     labels = {r["clip_id"]: r["binary_label"] for r in
               map(json.loads, (tmp_path / "data" / "fleet_labels.jsonl").read_text().splitlines())}
     assert sorted(c for c, y in labels.items() if y == 1) == found["planted"]
