@@ -496,12 +496,18 @@ def test_hand_edited_lines_are_one_line_errors_in_every_reader(tmp_path):
 
 # ---- 9. crafted embeddings files: empty, or a NaN/inf row under a clip that has a score ----
 
-def test_crafted_embeddings_are_one_line_errors_before_anything_is_written(tmp_path):
+def fitted_probe(tmp_path):
+    """(scores, labels, probe OUT) of a probe fitted on every other clip of test_learn's synthetic fleet."""
     scores, _, y = fleet(folder=tmp_path)
     labels = write_jsonl(tmp_path / "l.jsonl", [{"clip_id": f"c{i:03d}", "binary_label": int(y[i])}
                                                 for i in range(0, 60, 2)])
     out = tmp_path / "p.jsonl"
     learn.main(["fit", "--scores", str(scores), "--labels", str(labels), "--output", str(out)])
+    return scores, labels, out
+
+
+def test_crafted_embeddings_are_one_line_errors_before_anything_is_written(tmp_path):
+    scores, labels, out = fitted_probe(tmp_path)
     emb_path = Path(f"{scores}.emb.npy")
     good = np.load(emb_path)
     fit = ["fit", "--scores", str(scores), "--labels", str(labels), "--output", str(tmp_path / "q.jsonl")]
@@ -534,11 +540,7 @@ def test_crafted_embeddings_are_one_line_errors_before_anything_is_written(tmp_p
 # ---- 10. crafted probe files: damaged weights, a p_interesting file of other scores, the wrong file ----
 
 def test_crafted_probe_files_are_one_line_errors(tmp_path):
-    scores, _, y = fleet(folder=tmp_path)
-    labels = write_jsonl(tmp_path / "l.jsonl", [{"clip_id": f"c{i:03d}", "binary_label": int(y[i])}
-                                                for i in range(0, 60, 2)])
-    out = tmp_path / "p.jsonl"
-    learn.main(["fit", "--scores", str(scores), "--labels", str(labels), "--output", str(out)])
+    scores, labels, out = fitted_probe(tmp_path)
     npz = Path(f"{out}.probe.npz")
     good = dict(np.load(npz))
     apply = ["apply", "--probe", str(npz), "--scores", str(scores), "--output", str(tmp_path / "a.jsonl")]
