@@ -176,7 +176,7 @@ def score_with_untrained(scorer, records, head):
         pred_cos, masked_cos = jepa.tubelet_cosines(scorer.head, clip.clean_emb, clip.masked_emb,
                                                     clip.mask_frac)
         untrained_cos, _ = jepa.tubelet_cosines(head, clip.clean_emb, clip.masked_emb, clip.mask_frac)
-        yield (jepa.ClipScore(clip.index, pred_cos, masked_cos, clip.clean_emb.mean(dim=0), None),
+        yield (jepa.ClipScore(clip.index, pred_cos, masked_cos, jepa.clip_embedding(clip.clean_emb), None),
                untrained_cos)
 
 
@@ -218,14 +218,10 @@ def training_clip_ids(run_dir, cfg):
 def derived_clip_embeddings(run_dir, cfg, out):
     """The training clips' mean clean tubelet embeddings from the run's features/ cache, appended row by row
     to the .npy `out` (one chunk in memory at a time) and returned as NpyRows, or (None, reason)."""
-    import torch  # lazily, as everywhere in this file
-    link = run_dir / "features_from.txt"
-    folders = [run_dir / "features"]
-    if link.exists():
-        source = Path(link.read_text().strip())
-        folders.append(source / "features" if (source / "features").is_dir() else source)
-    chunks = [p for f in folders for p in sorted(f.glob("chunk_*.pt"))]
-    if not chunks:
+    import jepa
+    import train  # torch, lazily, as everywhere in this file: the owner of the feature chunk format
+    folders = [f for f in (run_dir / "features", train.linked_features(run_dir)) if f is not None]
+    if not any(p for f in folders for p in f.glob("chunk_*.pt")):
         return None, f"no features/ cache in {run_dir} (the run folder of the checkpoint) to take the " \
                      "training clips' embeddings from"
     try:
@@ -234,18 +230,16 @@ def derived_clip_embeddings(run_dir, cfg, out):
         return None, str(e)
     seen, dim = set(), None
     with open(out, "wb") as f:
-        for chunk in chunks:
-            try:
-                data = torch.load(chunk, map_location="cpu", weights_only=True)
-                for clip_id, clean in zip(data["clip_ids"], data["clean"].split(data["counts"])):
-                    if clip_id in train_ids and clip_id not in seen:
-                        if dim is None:  # a header for every training clip; rows not found stay zero
-                            dim = clean.shape[1]
-                            f.write(scorefile.emb_header(len(train_ids), dim))
-                        f.write(clean.float().mean(dim=0).numpy().astype(np.float32).tobytes())
-                        seen.add(clip_id)
-            except Exception as e:  # torn or foreign chunk: the baseline is unavailable, eval goes on
-                return None, f"{chunk}: unreadable feature chunk ({type(e).__name__})"
+        try:
+            for clip_id, feats in (pair for folder in folders for pair in train.iter_chunks(folder)):
+                if clip_id in train_ids and clip_id not in seen:
+                    if dim is None:  # a header for every training clip; rows not found stay zero
+                        dim = feats.clean_emb.shape[1]
+                        f.write(scorefile.emb_header(len(train_ids), dim))
+                    f.write(jepa.clip_embedding(feats.clean_emb).numpy().tobytes())
+                    seen.add(clip_id)
+        except cli.UserError as e:  # a torn or foreign chunk: the baseline is unavailable, eval goes on
+            return None, str(e)
         if not seen:
             return None, f"the features/ cache of {run_dir} holds none of its training clips"
         f.truncate(f.tell() + (len(train_ids) - len(seen)) * dim * 4)

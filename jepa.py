@@ -523,6 +523,12 @@ def validate_epoch(head, features, batch_size):
 
 
 @torch.no_grad()
+def clip_embedding(clean_emb):
+    """(N, D) clean tubelet embeddings -> (D,) float32: the clip's embedding, a row of OUT.emb.npy and of
+    RUN/train_clip_emb.npy (knn_density compares the two)."""
+    return clean_emb.float().mean(dim=0)
+
+
 def tubelet_cosines(head, clean_emb, masked_emb, mask_frac):
     """(cos(pred, clean), cos(masked, clean)) per tubelet, head in eval mode; each (N,)."""
     head.eval()
@@ -563,7 +569,7 @@ def score_clips(encoder, head, clips, cfg, workers):
             yield ClipScore(clip.index, None, None, None, clip.error)
             continue
         pred_cos, masked_cos = tubelet_cosines(head, clip.clean_emb, clip.masked_emb, clip.mask_frac)
-        yield ClipScore(clip.index, pred_cos, masked_cos, clip.clean_emb.mean(dim=0), None)
+        yield ClipScore(clip.index, pred_cos, masked_cos, clip_embedding(clip.clean_emb), None)
 
 
 # ==================================================================================================

@@ -151,9 +151,10 @@ def encode_stage(args, cfg, splits, encoder, device, run_dir):
 
 def write_training_clip_embeddings(run_dir, train_features, fingerprint):
     """RUN/train_clip_emb.npy: (n_train, D) float32, one row per training clip, the mean of its clean tubelet
-    embeddings (the vector infer.py writes to OUT.emb.npy), for eval.py's knn_density baseline, which reads
-    it memory-mapped; RUN/train_clip_emb.json ties it to the features it came from."""
-    emb = np.stack([f.clean_emb.float().mean(dim=0).numpy() for f in train_features]).astype(np.float32)
+    embeddings (jepa.clip_embedding, the vector infer.py writes to OUT.emb.npy), for eval.py's knn_density
+    baseline, which reads it a slice at a time; RUN/train_clip_emb.json ties it to the features it came
+    from."""
+    emb = np.stack([jepa.clip_embedding(f.clean_emb).numpy() for f in train_features])
     cli.atomic_write(run_dir / "train_clip_emb.npy", lambda f: np.save(f, emb))
     cli.atomic_write_text(run_dir / "train_clip_emb.json",
                           json.dumps({"features_fingerprint": fingerprint, "rows": len(emb)}) + "\n")
@@ -167,21 +168,33 @@ def features_fingerprint(encoder, clips, cfg):
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
+FEATURES_LINK = "features_from.txt"  # in a run folder: the --features folder it reads (for --resume)
+
+
+def features_dir(folder):
+    """The features folder of a run folder (its features/), or `folder` itself when it is one."""
+    return Path(folder) / "features" if (Path(folder) / "features").is_dir() else Path(folder)
+
+
+def linked_features(run_dir):
+    """The read-only features folder RUN/features_from.txt names (--features given once), or None."""
+    link = run_dir / FEATURES_LINK
+    return features_dir(link.read_text().strip()) if link.exists() else None
+
+
 def feature_folders(args, run_dir):
     """FeatureFolders of the run. --features is remembered in the run folder, so a --resume without it does
     not re-encode."""
-    link = run_dir / "features_from.txt"
-    source = args.features or (link.read_text() if link.exists() else None)
+    source = features_dir(args.features) if args.features else linked_features(run_dir)
     if not source:
         return FeatureFolders(run_dir / "features", None)
-    source = Path(source) / "features" if (Path(source) / "features").is_dir() else Path(source)
     source = source.resolve()
     if source == (run_dir / "features").resolve():
         return FeatureFolders(run_dir / "features", None)
     if not (source / "fingerprint.json").is_file():
         raise cli.UserError(f"--features {args.features or source}: not a run folder with encoded features "
                              f"(no features/fingerprint.json)")
-    cli.atomic_write_text(link, str(source))
+    cli.atomic_write_text(run_dir / FEATURES_LINK, str(source))
     return FeatureFolders(run_dir / "features", source)
 
 
@@ -193,18 +206,24 @@ def read_fingerprint(feat_dir):
         raise cli.UserError(f"{path}: unreadable or corrupt; delete {feat_dir} to encode its features again")
 
 
-def read_chunks(feat_dir):
-    """{clip_id: TubeletFeatures} of every chunk in a features folder; a corrupt chunk is named."""
-    features = {}
+def iter_chunks(feat_dir):
+    """Yield (clip_id, TubeletFeatures) of every chunk in a features folder, one chunk in memory at a time
+    (on the CPU); a corrupt chunk is a UserError naming it. The one reader of the chunk format (eval.py's
+    knn_density fallback reads through it too)."""
     for path in sorted(feat_dir.glob("chunk_*.pt")):
         try:
-            data = torch.load(path, weights_only=True)
+            data = torch.load(path, map_location="cpu", weights_only=True)
             columns = [data[k].split(data["counts"]) for k in ("clean", "masked", "mask_frac")]
-            features.update(zip(data["clip_ids"], map(jepa.TubeletFeatures._make, zip(*columns))))
+            pairs = list(zip(data["clip_ids"], map(jepa.TubeletFeatures._make, zip(*columns))))
         except Exception as e:  # torn, foreign or hand-edited file: any failure means the same
             raise cli.UserError(f"{path}: corrupt feature chunk ({type(e).__name__}); delete it and rerun "
                                  "with --resume to encode just that part again")
-    return features
+        yield from pairs
+
+
+def read_chunks(feat_dir):
+    """{clip_id: TubeletFeatures} of every chunk in a features folder; a corrupt chunk is named."""
+    return dict(iter_chunks(feat_dir))
 
 
 def load_or_encode_features(encoder, clips, cfg, folders, fingerprint, workers):
